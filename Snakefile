@@ -1,0 +1,26 @@
+# ltpipe: long-tailed recognition as a Snakemake DAG.
+#   config.yaml --validate--> split --> train backbone (GPU) --> dump cache
+#       --> classifier-stage jobs (CPU, one per method and sweep point) --> summary
+# Run: snakemake --cores 8 --resources gpu=2      (see README.md)
+from snakemake.utils import min_version
+
+min_version("8.20")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        SUMMARY,
+
+
+include: "rules/splits.smk"
+include: "rules/backbones.smk"
+include: "rules/cache.smk"
+include: "rules/classifiers.smk"
+include: "rules/report.smk"

@@ -1,0 +1,76 @@
+"""Classifier-stage methods that run on cached stage-one arrays (methods.md section 4).
+
+Each method is one module with ``DEFAULTS`` (every setting and its default), ``NEEDS`` (cached
+arrays it reads), ``NUM_BACKBONES`` and ``run(inputs, settings, seed, device)`` returning scores
+per evaluated split ({"test": [N, C], "val": [N, C] where present}). ``METHODS`` maps a method
+name to its module path; modules (and torch) are imported only when a method is used, so that
+reading the registry stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+from ltpipe.utils import LtpipeError
+
+METHODS: dict[str, str] = {
+    name: f"ltpipe.classifiers.{name}"
+    for name in ("joint", "crt", "lws", "tau_norm", "ncm", "logit_adjust", "ffn", "h2t", "fsa",
+                 "bwlm")
+}
+
+
+def get_method(name: str) -> ModuleType:
+    """The module of method ``name``."""
+    if name not in METHODS:
+        raise LtpipeError(f"unknown classifier method {name!r}; expected one of {list(METHODS)}")
+    return importlib.import_module(METHODS[name])
+
+
+def method_defaults(name: str) -> dict[str, Any]:
+    """A copy of the method's settings with their defaults."""
+    return dict(get_method(name).DEFAULTS)
+
+
+def method_needs(name: str) -> set[str]:
+    """The cached arrays (besides labels) the method reads, e.g. {"pooled"} or {"fmap", "cam"}."""
+    return set(get_method(name).NEEDS)
+
+
+def method_num_backbones(name: str) -> int:
+    """How many stage-one backbones (``Features``) the method takes: 2 for FFN, else 1."""
+    return int(get_method(name).NUM_BACKBONES)
+
+
+def merge_settings(name: str, settings: dict | None) -> dict[str, Any]:
+    """``settings`` over the method's defaults; an unknown key is an ``LtpipeError``."""
+    defaults = method_defaults(name)
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise LtpipeError(f"method {name!r}: unknown setting(s) {unknown}; allowed settings are "
+                          f"{sorted(defaults)}")
+    return {**defaults, **settings}
+
+
+def run_method(name: str, inputs: list, settings: dict | None, seed: int,
+               device: Any = "cpu") -> dict:
+    """Run method ``name`` on ``inputs`` (list of ``Features``) and return scores per split.
+
+    Settings are merged over the method's ``DEFAULTS``; an unknown key or a wrong number of
+    inputs raises ``LtpipeError``. Results are reproducible for a given ``seed``.
+    """
+    import torch
+
+    module = get_method(name)
+    merged = merge_settings(name, settings)
+    if len(inputs) != module.NUM_BACKBONES:
+        raise LtpipeError(f"method {name!r} takes {module.NUM_BACKBONES} backbone(s), got "
+                          f"{len(inputs)}; fix the method's backbone list in the config")
+    for feat in inputs:
+        if len(feat.class_counts) != feat.num_classes:
+            raise LtpipeError(f"method {name!r}: class_counts has {len(feat.class_counts)} "
+                              f"classes but the head has {feat.num_classes}; rebuild the cache")
+    return module.run(list(inputs), merged, int(seed), torch.device(device))

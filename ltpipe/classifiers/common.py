@@ -1,0 +1,153 @@
+"""Pieces shared by the classifier-stage methods: tensors from ``Features``, heads, scoring.
+
+Heads here are stage-two heads: they carry their own output scale so that ``head(pooled)``
+reproduces the cached logits of the stage-one head (logits = logit_scale * head(pooled)), and
+new heads are initialized from a seeded ``torch.Generator`` (no global RNG).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ltpipe.classifiers.inputs import Features
+from ltpipe.classifiers.trainer import LossFn
+from ltpipe.utils import LtpipeError
+
+
+def as_tensor(arr: np.ndarray, device: torch.device, dtype=torch.float32) -> torch.Tensor:
+    """A numpy array as a tensor of ``dtype`` on ``device``."""
+    return torch.as_tensor(np.ascontiguousarray(arr)).to(device=device, dtype=dtype)
+
+
+def train_tensors(feat: Features, key: str, method: str,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [N, ...] float32, labels int64 [N]) of the train split on ``device``."""
+    x = as_tensor(feat.require("train", key, method), device)
+    y = as_tensor(feat.train["labels"], device, torch.long)
+    return x, y
+
+
+class LinearHead(nn.Module):
+    """z = scale * (x W^T + b); ``bias`` may be absent."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, scale: float = 1.0):
+        super().__init__()
+        self.weight = nn.Parameter(weight.clone())
+        self.bias = nn.Parameter(bias.clone()) if bias is not None else None
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x @ self.weight.t()
+        if self.bias is not None:
+            z = z + self.bias
+        return self.scale * z
+
+
+class CosineHead(nn.Module):
+    """z = scale * cos(x, w_j): rows of W and the input are L2-normalized."""
+
+    def __init__(self, weight: torch.Tensor, scale: float = 1.0):
+        super().__init__()
+        self.weight = nn.Parameter(weight.clone())
+        self.bias = None
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * (F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t())
+
+
+def random_weight(num_classes: int, dim: int, generator: torch.Generator,
+                  device: torch.device) -> torch.Tensor:
+    """U(-1/sqrt(D), 1/sqrt(D)) init (nn.Linear's default range), drawn from ``generator``."""
+    bound = 1.0 / dim**0.5
+    u = torch.rand(num_classes, dim, generator=generator, device=device)
+    return (2 * u - 1) * bound
+
+
+def new_head(kind: str, num_classes: int, dim: int, generator: torch.Generator,
+             device: torch.device, scale: float = 1.0) -> nn.Module:
+    """A freshly initialized ``linear`` (with bias) or ``cosine`` head."""
+    w = random_weight(num_classes, dim, generator, device)
+    if kind == "linear":
+        b = (2 * torch.rand(num_classes, generator=generator, device=device) - 1) / dim**0.5
+        return LinearHead(w, b, scale)
+    if kind == "cosine":
+        return CosineHead(w, scale)
+    raise LtpipeError(f"unknown head kind {kind!r}; expected 'linear' or 'cosine'")
+
+
+def stage_one_head(feat: Features, device: torch.device) -> nn.Module:
+    """A trainable copy of the stage-one head; ``head(pooled)`` equals the cached logits."""
+    w = as_tensor(feat.head_weight, device)
+    if feat.head_kind == "cosine":
+        return CosineHead(w, feat.logit_scale)
+    b = as_tensor(feat.head_bias, device) if feat.head_bias is not None else None
+    return LinearHead(w, b, feat.logit_scale)
+
+
+@torch.no_grad()
+def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+            chunk: int = 8192) -> np.ndarray:
+    """Model outputs on ``x`` in chunks, as float32 numpy."""
+    if isinstance(model, nn.Module):
+        model.eval()
+    outs = [model(x[i:i + chunk]).float().cpu() for i in range(0, len(x), chunk)]
+    return torch.cat(outs).numpy()
+
+
+def score_splits(feat: Features, key: str, method: str, device: torch.device,
+                 model: Callable[[torch.Tensor], torch.Tensor],
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 ) -> dict[str, np.ndarray]:
+    """{"test": scores, "val": scores?}: ``model`` applied to array ``key`` of each split."""
+    out = {}
+    for split in feat.eval_splits():
+        x = as_tensor(feat.require(split, key, method), device)
+        if transform is not None:
+            x = transform(x)
+        out[split] = predict(model, x)
+    return out
+
+
+def make_loss(name: str, counts, device: torch.device, **settings) -> LossFn:
+    """``ltpipe.losses.build_loss(name, counts, **settings)`` on ``device`` as a trainer loss."""
+    from ltpipe.losses import build_loss
+
+    loss = build_loss(name, np.asarray(counts), **settings).to(device)
+
+    def fn(logits: torch.Tensor, target: torch.Tensor, epoch: int) -> torch.Tensor:
+        return loss(logits, target, epoch=epoch)
+
+    return fn
+
+
+def check_number(settings: dict, key: str, method: str, lo: float | None = None,
+                 hi: float | None = None, integer: bool = False,
+                 lo_open: bool = False) -> None:
+    """Raise ``LtpipeError`` unless ``settings[key]`` is a number (integer) in [lo, hi]."""
+    v = settings[key]
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(v, numbers.Integral if integer else numbers.Real) and not isinstance(v, bool)
+    if ok and lo is not None:
+        ok = v > lo if lo_open else v >= lo
+    if ok and hi is not None:
+        ok = v <= hi
+    if not ok:
+        lo_s = "-inf" if lo is None else str(lo)
+        hi_s = "inf" if hi is None else str(hi)
+        interval = f"{'(' if lo_open else '['}{lo_s}, {hi_s}]"
+        raise LtpipeError(f"{method}: setting {key}={v!r} is invalid; expected {kind} in "
+                          f"{interval}; fix it in the method's settings")
+
+
+def check_choice(settings: dict, key: str, method: str, choices: tuple) -> None:
+    """Raise ``LtpipeError`` unless ``settings[key]`` is one of ``choices``."""
+    if settings[key] not in choices:
+        raise LtpipeError(f"{method}: setting {key}={settings[key]!r} is invalid; expected one "
+                          f"of {list(choices)}")

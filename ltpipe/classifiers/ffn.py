@@ -1,0 +1,100 @@
+"""FFN (feature fusion network) classifier stage: fuse the pooled features of two stage-one
+backbones, z = w1 * f_KPS + (1 - w1) * f_CE, and train a cosine classifier on z with LDAM.
+
+Inputs: [KPS backbone (tail-biased, cosine head), CE backbone], same split and sample order.
+
+variant "paper" (default; FFN paper, Table 2 and Eq. 14): raw features fused, a new randomly
+  initialized cosine classifier, LDAM (max_m 0.5, s 30), instance sampling, 30 epochs, batch 64,
+  wd 2e-4, lr 0.1. The paper names no lr schedule; cosine to 0 is our choice. LDAM's scale s = 30
+  presumes raw cosines, hence the cosine classifier.
+variant "reference" (public code): both features L2-normalized before the weighted sum, the
+  classifier initialized from the KPS head, resampling with weights 1/n_y (= class-balanced
+  sampling), cosine lr from 0.002 to 0.
+Returned scores are s * cos (the LDAM scale times the classifier's cosines).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ltpipe.classifiers.common import (
+    CosineHead,
+    as_tensor,
+    check_choice,
+    check_number,
+    make_loss,
+    new_head,
+    predict,
+)
+from ltpipe.classifiers.inputs import Features
+from ltpipe.classifiers.trainer import TrainConfig, make_generator, train_head
+from ltpipe.utils import LtpipeError
+
+DEFAULTS = {
+    "w1": 0.9,            # weight of the KPS feature; CE gets 1 - w1 (paper: 0.5 C10, 0.9 C100/IN)
+    "variant": "paper",   # "paper" | "reference" (see module doc)
+    "max_m": 0.5,         # LDAM largest margin
+    "scale": 30.0,        # LDAM scale s on the cosines
+    "epochs": 30,         # paper: 30
+    "batch_size": 64,     # paper: 64
+    "lr": None,           # None = variant default: 0.1 (paper), 0.002 (reference)
+    "lr_min": 0.0,        # cosine schedule end
+    "schedule": "cosine",  # "cosine" | "constant"
+    "momentum": 0.9,      # SGD momentum
+    "weight_decay": 2e-4,  # paper: 2e-4 (CIFAR)
+    "sampler": None,      # None = variant default: instance (paper), class_balanced (reference)
+}
+NEEDS = {"pooled"}
+NUM_BACKBONES = 2
+VARIANT_DEFAULTS = {"paper": {"lr": 0.1, "sampler": "instance"},
+                    "reference": {"lr": 0.002, "sampler": "class_balanced"}}
+
+
+def fuse_features(f_kps: torch.Tensor, f_ce: torch.Tensor, w1: float,
+                  normalize: bool) -> torch.Tensor:
+    """w1 * f_KPS + (1 - w1) * f_CE, each L2-normalized first when ``normalize``."""
+    if normalize:
+        f_kps, f_ce = F.normalize(f_kps, dim=1), F.normalize(f_ce, dim=1)
+    return w1 * f_kps + (1.0 - w1) * f_ce
+
+
+def _check_inputs(kps: Features, ce: Features) -> None:
+    if kps.feature_dim != ce.feature_dim:
+        raise LtpipeError(f"ffn: the backbones' features differ in size ({kps.feature_dim} vs "
+                          f"{ce.feature_dim}); a weighted sum needs the same architecture")
+    for split in ("train", *kps.eval_splits()):
+        a, b = getattr(kps, split), getattr(ce, split)
+        if b is None or not np.array_equal(a["labels"], b["labels"]):
+            raise LtpipeError(f"ffn: the two caches' {split!r} labels differ; both backbones must "
+                              "be dumped on the same split (same samples, same order)")
+
+
+def run(inputs: list, settings: dict, seed: int, device: torch.device) -> dict[str, np.ndarray]:
+    """Train the fused classifier; return s * cos scores per evaluated split."""
+    kps, ce = inputs
+    check_number(settings, "w1", "ffn", lo=0.0, hi=1.0)
+    check_choice(settings, "variant", "ffn", tuple(VARIANT_DEFAULTS))
+    _check_inputs(kps, ce)
+    variant = settings["variant"]
+    resolved = {k: (VARIANT_DEFAULTS[variant][k] if settings[k] is None else settings[k])
+                for k in ("lr", "sampler")}
+    cfg = TrainConfig.from_settings(settings, **resolved)
+    w1, ref = float(settings["w1"]), variant == "reference"
+    gen = make_generator(seed, device)
+
+    def fused(split: str) -> torch.Tensor:
+        return fuse_features(as_tensor(kps.require(split, "pooled", "ffn"), device),
+                             as_tensor(ce.require(split, "pooled", "ffn"), device), w1, ref)
+
+    x, y = fused("train"), as_tensor(kps.train["labels"], device, torch.long)
+    if ref:
+        head = CosineHead(as_tensor(kps.head_weight, device))
+    else:
+        head = new_head("cosine", kps.num_classes, x.shape[1], gen, device)
+    loss = make_loss("ldam", kps.class_counts, device, max_m=settings["max_m"],
+                     scale=settings["scale"])
+    train_head(head, x, y, loss, cfg, gen)
+    s = float(settings["scale"])
+    return {split: s * predict(head, fused(split)) for split in kps.eval_splits()}

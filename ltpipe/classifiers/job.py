@@ -1,0 +1,81 @@
+"""One classifier-stage job: open the cache(s), run a method, evaluate, write results atomically.
+
+Writes ``logits.npz`` (scores per evaluated part) and then ``metrics.json`` (what the summary
+reads; it is the job's completion marker, so it is written last).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ltpipe.utils import LtpipeError, atomic_path, sha256_file, write_json
+
+
+def open_checked(cache_path: str | Path, split_fingerprint: str, model_path: str | None = None):
+    """Open a cache and refuse it unless it was made from this split (and this backbone file)."""
+    from ltpipe.cache import open_cache
+
+    expect = {"split_fingerprint": split_fingerprint}
+    if model_path is not None:
+        expect["backbone_sha256"] = sha256_file(model_path)
+    return open_cache(cache_path, expect=expect)
+
+
+def run_classifier_job(*, split_path: str, cache_paths: list[str], method: str, settings: dict,
+                       seed: int, out_dir: str, info: dict | None = None,
+                       model_paths: list[str] | None = None, threads: int | None = None,
+                       device: str = "cpu") -> dict:
+    """Run ``method`` on the caches and write ``logits.npz`` and ``metrics.json`` to ``out_dir``."""
+    t0 = time.perf_counter()
+    import torch
+
+    from ltpipe.classifiers import METHODS, method_needs, run_method
+    from ltpipe.classifiers.inputs import features_from_cache
+    from ltpipe.data import read_split
+    from ltpipe.evaluate import accuracy_report
+
+    if threads:
+        torch.set_num_threads(threads)
+    if method not in METHODS:
+        raise LtpipeError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    split = read_split(split_path)
+    model_paths = model_paths or [None] * len(cache_paths)
+    if len(model_paths) != len(cache_paths):
+        raise LtpipeError(f"got {len(cache_paths)} caches but {len(model_paths)} model files")
+    need = set(method_needs(method))
+    features = []
+    for cache_path, model_path in zip(cache_paths, model_paths):
+        with open_checked(cache_path, split.fingerprint, model_path) as reader:
+            features.append(features_from_cache(reader, need))
+    t_load = time.perf_counter()
+    scores = run_method(method, features, settings, seed, device)
+    t_fit = time.perf_counter()
+
+    metrics = {}
+    for part, s in scores.items():
+        labels = getattr(features[0], part)["labels"]
+        metrics[part] = accuracy_report(s, labels, split.shot_groups)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "logits.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{k: np.asarray(v, dtype=np.float32) for k, v in scores.items()})
+    result = {
+        **(info or {}),
+        "method": method,
+        "settings": settings,
+        "seed": seed,
+        "split_fingerprint": split.fingerprint,
+        "class_counts": [int(c) for c in split.class_counts],
+        "shot_groups": [int(g) for g in split.shot_groups],
+        "metrics": metrics,
+        "seconds": {"load": t_load - t0, "fit": t_fit - t_load},
+    }
+    write_json(out / "metrics.json", result)
+    test = metrics.get("test", {})
+    print(f"classify {method} {settings}: test all {test.get('all'):.2f} many {test.get('many')} "
+          f"medium {test.get('medium')} few {test.get('few')} ({t_fit - t0:.1f}s)")
+    return result

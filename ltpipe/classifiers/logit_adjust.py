@@ -1,0 +1,31 @@
+"""Post-hoc logit adjustment (Menon et al.): z_j - tau * log(n_j / N) on the cached logits.
+
+A class with no training samples is treated as having one (its log prior would be -inf).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ltpipe.classifiers.common import check_number
+
+DEFAULTS = {
+    "tau": 1.0,  # strength of the prior correction; 0 = the joint head unchanged
+}
+NEEDS = {"logits"}
+NUM_BACKBONES = 1
+
+
+def log_prior(counts: np.ndarray) -> np.ndarray:
+    """log(n_j / N) with empty classes counted as one sample."""
+    counts = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
+    return np.log(counts / counts.sum())
+
+
+def run(inputs: list, settings: dict, seed: int, device) -> dict[str, np.ndarray]:
+    """Adjusted logits of each evaluated split."""
+    (feat,) = inputs
+    check_number(settings, "tau", "logit_adjust")
+    shift = (float(settings["tau"]) * log_prior(feat.class_counts)).astype(np.float32)
+    return {split: feat.require(split, "logits", "logit_adjust") - shift[None, :]
+            for split in feat.eval_splits()}

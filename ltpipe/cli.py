@@ -1,0 +1,192 @@
+"""The ``ltpipe`` command: one subcommand per workflow step (what the Snakemake rules call).
+
+Heavy libraries (torch, zarr, h5py) are imported inside the subcommand that needs them, so that a
+job pays only for what it uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ltpipe.utils import LtpipeError
+
+
+def _json_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from ltpipe.data import build_split, write_split
+
+    imb = None if args.imbalance_factor == "native" else float(args.imbalance_factor)
+    split = build_split(args.dataset, args.settings, imb, args.seed)
+    write_split(args.out, split)
+    counts = list(map(int, split.class_counts))
+    print(f"split {args.dataset} IF={args.imbalance_factor} seed={args.seed}: "
+          f"{sum(counts)} training images, class counts {counts}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ltpipe.train.device import lease_device
+    from ltpipe.train.stage1 import train_stage1
+
+    with lease_device(args.device) as device:
+        print(f"train: device {device}", flush=True)
+        metrics = train_stage1(args.split, args.recipe, args.out, seed=args.seed, device=device,
+                               threads=args.threads, deterministic=args.deterministic)
+    print(f"train: done: {json.dumps(metrics)}")
+
+
+def cmd_dump(args: argparse.Namespace) -> None:
+    import torch
+
+    from ltpipe.cache.dump import dump_cache
+    from ltpipe.train.device import lease_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with lease_device(args.device) as device:
+        dump_cache(args.split, args.model, args.out, args.settings, device=device)
+
+
+def cmd_classify(args: argparse.Namespace) -> None:
+    from ltpipe.classifiers.job import run_classifier_job
+
+    job = args.job
+    missing = {"method", "settings"} - set(job)
+    if missing:
+        raise LtpipeError(f"--job lacks {sorted(missing)}: give {{'method': ..., 'settings': ...}}")
+    info = {**args.info, "backbones": job.get("backbones", args.info.get("backbones", []))}
+    run_classifier_job(split_path=args.split, cache_paths=args.caches, method=job["method"],
+                       settings=job["settings"], seed=args.seed, out_dir=args.out_dir,
+                       info=info, model_paths=args.models, threads=args.threads,
+                       device=args.device)
+
+
+def cmd_summarize(args: argparse.Namespace) -> None:
+    from ltpipe.report.summary import write_summary
+
+    write_summary(args.metrics, args.csv, args.md)
+
+
+def cmd_cache_verify(args: argparse.Namespace) -> int:
+    from ltpipe.cache import verify_cache
+
+    problems = verify_cache(args.path)
+    if problems:
+        for p in problems:
+            print(f"FAIL {p}")
+        return 1
+    print(f"OK {args.path}")
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> None:
+    from ltpipe import bundle
+
+    if args.action == "pack":
+        bundle.pack(args.results, args.archive)
+    else:
+        bundle.unpack(args.archive, args.results, force=args.force)
+
+
+def cmd_check_config(args: argparse.Namespace) -> None:
+    from ltpipe.config import check_config, load_yaml_strict, validate_schema
+
+    for path in args.configs:
+        cfg = load_yaml_strict(path)
+        validate_schema(cfg)
+        check_config(cfg)
+        print(f"OK {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ltpipe", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("split", help="build one long-tailed split")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--settings", type=_json_arg, required=True, help="the data set's config (JSON)")
+    s.add_argument("--imbalance-factor", required=True, help="a number >= 1, or 'native'")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_split)
+
+    t = sub.add_parser("train", help="train one stage-one backbone (resumes from <out>.ckpt)")
+    t.add_argument("--split", required=True)
+    t.add_argument("--recipe", type=_json_arg, required=True)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True)
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: lease a free GPU)")
+    t.add_argument("--deterministic", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("dump", help="write a backbone's feature cache")
+    d.add_argument("--split", required=True)
+    d.add_argument("--model", required=True)
+    d.add_argument("--settings", type=_json_arg, required=True)
+    d.add_argument("--out", required=True)
+    d.add_argument("--threads", type=int, default=None)
+    d.add_argument("--device", default=None)
+    d.set_defaults(func=cmd_dump)
+
+    c = sub.add_parser("classify", help="run one classifier-stage method on cached features")
+    c.add_argument("--split", required=True)
+    c.add_argument("--caches", nargs="+", required=True, help="cache path(s), one per backbone")
+    c.add_argument("--models", nargs="+", default=None,
+                   help="the backbones' model.pt files: the caches must have been made from them")
+    c.add_argument("--job", type=_json_arg, required=True,
+                   help='{"method": ..., "settings": {...}, "backbones": [...]}')
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out-dir", required=True)
+    c.add_argument("--info", type=_json_arg, default={}, help="row labels for the summary")
+    c.add_argument("--threads", type=int, default=None)
+    c.set_defaults(func=cmd_classify)
+
+    m = sub.add_parser("summarize", help="aggregate metrics.json files into tables")
+    m.add_argument("--csv", required=True)
+    m.add_argument("--md", required=True)
+    m.add_argument("metrics", nargs="*")
+    m.set_defaults(func=cmd_summarize)
+
+    cache = sub.add_parser("cache", help="feature-cache tools")
+    csub = cache.add_subparsers(dest="cache_command", required=True)
+    v = csub.add_parser("verify", help="check every array of a cache against its manifest")
+    v.add_argument("path")
+    v.set_defaults(func=cmd_cache_verify)
+
+    b = sub.add_parser("bundle", help="pack / unpack stage-one artifacts to rerun stage two")
+    b.add_argument("action", choices=["pack", "unpack"])
+    b.add_argument("archive", help="the .tar file")
+    b.add_argument("--results", default="results")
+    b.add_argument("--force", action="store_true", help="unpack: overwrite files that differ")
+    b.set_defaults(func=cmd_bundle)
+
+    k = sub.add_parser("check-config", help="validate config files (schema and domain checks)")
+    k.add_argument("configs", nargs="+")
+    k.set_defaults(func=cmd_check_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rc = args.func(args)
+    except LtpipeError as err:
+        print(f"ltpipe {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""Config checks the JSON Schema cannot express, sweep expansion, and the workflow's target paths.
+
+The Snakefile validates ``config.yaml`` against ``workflow/schemas/config.schema.yaml`` and then
+calls :func:`check_config`. Everything the rules need to know about paths and per-job settings
+comes from here, so that it is unit-tested and the rule files stay thin.
+
+Artifact layout under ``results``::
+
+    {dataset}/if{imb}/s{split_seed}/split.npz                                   split
+    {dataset}/if{imb}/s{split_seed}/{backbone}/t{seed}/model.pt                 stage one
+    {dataset}/if{imb}/s{split_seed}/{backbone}/t{seed}/cache.zarr|cache.h5      feature cache
+    {dataset}/if{imb}/s{split_seed}/cls/{classifier}/t{seed}/{point}/metrics.json
+    summary.csv, summary.md
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ltpipe.utils import LtpipeError
+
+PROFILE_SOURCES = {"digits", "fashion_mnist", "cifar10", "cifar100"}
+LIST_SOURCES = {"imagenet_lt", "places_lt", "inat2018"}
+CACHE_EXT = {"zarr": "zarr", "hdf5": "h5"}
+COMPRESSION = {"zarr": {"zstd", "lz4", "blosc", "none"}, "hdf5": {"gzip", "lzf", "none"}}
+RECIPE_META_KEYS = {"seeds", "datasets"}  # recipe keys that place jobs, not trainer settings
+
+
+# --------------------------------------------------------------------------------------- loading
+class _StrictLoader(yaml.SafeLoader):
+    """A YAML loader that refuses duplicate keys (plain YAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise LtpipeError(
+                f"duplicate key {key!r} at line {key_node.start_mark.line + 1} (first at line "
+                f"{seen[key]}): YAML keeps only the last one; rename or merge the two entries"
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml_strict(path: str | Path) -> Any:
+    """Load a YAML file, raising :class:`LtpipeError` on duplicate keys or a syntax error."""
+    try:
+        with open(path) as fh:
+            return yaml.load(fh, Loader=_StrictLoader)
+    except yaml.YAMLError as err:
+        raise LtpipeError(f"{path}: not valid YAML: {err}") from None
+    except LtpipeError as err:
+        raise LtpipeError(f"{path}: {err}") from None
+
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def validate_schema(cfg: dict) -> None:
+    """Check ``cfg`` against the JSON Schema; one error listing every violation by key path."""
+    import jsonschema
+
+    schema = load_yaml_strict(SCHEMA_PATH)
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=str)
+    if errors:
+        lines = []
+        for e in errors:
+            where = ".".join(map(str, e.absolute_path)) or "(top level)"
+            lines.append(f"{where}: {_schema_hint(e)}")
+        raise LtpipeError("config does not match workflow/schemas/config.schema.yaml:\n  - "
+                          + "\n  - ".join(lines))
+
+
+def _schema_hint(e) -> str:
+    if e.validator == "additionalProperties":
+        allowed = sorted(e.schema.get("properties", {}))
+        return f"{e.message}; allowed keys here: {allowed}"
+    if e.validator == "enum":
+        return f"{e.instance!r} is not allowed; choose one of {e.validator_value}"
+    if e.validator == "oneOf" and "imbalance_factors" in map(str, e.absolute_path):
+        return f"{e.instance!r} is not an imbalance factor: give a number >= 1 (or 'native')"
+    if e.validator == "required":
+        return f"{e.message}: add it"
+    return e.message
+
+
+# ---------------------------------------------------------------------------------------- sweeps
+def _fmt(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return f"{value:.1f}"
+    return str(value).replace("/", "_").replace(" ", "")
+
+
+def sweep_points(settings: dict) -> list[tuple[str, dict]]:
+    """Expand list-valued settings into their cartesian product.
+
+    Returns ``[(point_id, settings_of_that_point), ...]``; ``point_id`` is ``default`` when
+    nothing is swept, else ``key=value`` pairs joined by ``,`` in key order.
+    """
+    swept = sorted(k for k, v in settings.items() if isinstance(v, list))
+    if not swept:
+        return [("default", dict(settings))]
+    points = []
+    for values in itertools.product(*(settings[k] for k in swept)):
+        point = dict(settings)
+        point.update(zip(swept, values))
+        pid = ",".join(f"{k}={_fmt(v)}" for k, v in zip(swept, values))
+        points.append((pid, point))
+    return points
+
+
+def imb_tag(value: Any) -> str:
+    """Path tag of an imbalance factor: 10 -> '10', 12.5 -> '12.5', 'native' -> 'native'."""
+    if value == "native":
+        return "native"
+    value = float(value)
+    return str(int(value)) if value.is_integer() else str(value)
+
+
+# ------------------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class SplitKey:
+    dataset: str
+    imb: str
+    split_seed: int
+
+    @property
+    def dir(self) -> str:
+        return f"{self.dataset}/if{self.imb}/s{self.split_seed}"
+
+
+def dataset_imbalance_factors(ds_cfg: dict) -> list:
+    if ds_cfg["source"] in LIST_SOURCES:
+        return ds_cfg.get("imbalance_factors", ["native"])
+    return ds_cfg["imbalance_factors"]
+
+
+def splits(cfg: dict) -> list[SplitKey]:
+    """Every (dataset, imbalance factor, split seed) of the config."""
+    out = []
+    for name, ds in cfg["datasets"].items():
+        for imb in dataset_imbalance_factors(ds):
+            for seed in ds.get("split_seeds", [0]):
+                out.append(SplitKey(name, imb_tag(imb), int(seed)))
+    return out
+
+
+def recipe_datasets(cfg: dict, backbone: str) -> list[str]:
+    return cfg["backbones"][backbone].get("datasets", list(cfg["datasets"]))
+
+
+def classifier_datasets(cfg: dict, clf: str) -> list[str]:
+    """Data sets on which every backbone a classifier reads is trained."""
+    names = cfg["classifiers"][clf]["backbones"]
+    common = set(cfg["datasets"])
+    for b in names:
+        common &= set(recipe_datasets(cfg, b))
+    return [d for d in cfg["datasets"] if d in common]
+
+
+def classifier_seeds(cfg: dict, clf: str) -> list[int]:
+    """Training seeds shared by every backbone a classifier reads (one job each)."""
+    seeds = None
+    for b in cfg["classifiers"][clf]["backbones"]:
+        s = cfg["backbones"][b].get("seeds", [0])
+        seeds = list(s) if seeds is None else [x for x in seeds if x in s]
+    return seeds or []
+
+
+def cache_path(cfg: dict, key_dir: str, backbone: str, seed: int) -> str:
+    ext = CACHE_EXT[cfg.get("cache", {}).get("backend", "zarr")]
+    return f"{cfg.get('results', 'results')}/{key_dir}/{backbone}/t{seed}/cache.{ext}"
+
+
+def metric_targets(cfg: dict) -> list[str]:
+    """Every classifier-stage job's metrics.json: the workflow's leaves."""
+    results = cfg.get("results", "results")
+    out = []
+    for key in splits(cfg):
+        for clf, ccfg in cfg["classifiers"].items():
+            if key.dataset not in classifier_datasets(cfg, clf):
+                continue
+            for seed in classifier_seeds(cfg, clf):
+                for pid, _ in sweep_points(ccfg.get("settings", {})):
+                    out.append(f"{results}/{key.dir}/cls/{clf}/t{seed}/{pid}/metrics.json")
+    return out
+
+
+# ------------------------------------------------------------------------ per-job settings (params)
+def split_settings(cfg: dict, dataset: str) -> dict:
+    """The settings a split job depends on (the dataset entry minus the sweep lists)."""
+    ds = dict(cfg["datasets"][dataset])
+    ds.pop("imbalance_factors", None)
+    ds.pop("split_seeds", None)
+    return ds
+
+
+def recipe_settings(cfg: dict, backbone: str) -> dict:
+    """The trainer settings of one stage-one recipe (without seeds / dataset placement)."""
+    return {k: v for k, v in cfg["backbones"][backbone].items() if k not in RECIPE_META_KEYS}
+
+
+def dump_settings(cfg: dict) -> dict:
+    c = cfg.get("cache", {})
+    return {
+        "backend": c.get("backend", "zarr"),
+        "compression": c.get("compression", "lz4"),
+        "fmap_dtype": c.get("fmap_dtype", "float16"),
+        "batch_size": c.get("batch_size", 256),
+        "augmented_views": c.get("augmented_views", 0),
+    }
+
+
+def classifier_job(cfg: dict, clf: str, point: str) -> dict:
+    """Method, backbones and the settings of one sweep point of one classifier entry."""
+    ccfg = cfg["classifiers"][clf]
+    for pid, settings in sweep_points(ccfg.get("settings", {})):
+        if pid == point:
+            return {"method": ccfg["method"], "backbones": list(ccfg["backbones"]),
+                    "settings": settings}
+    raise LtpipeError(f"classifier {clf!r} has no sweep point {point!r}")
+
+
+def as_json(obj: Any) -> str:
+    """Canonical JSON (sorted keys): the form params take, so equal settings compare equal."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+# ------------------------------------------------------------------------------ domain checks
+def check_config(cfg: dict) -> None:
+    """Raise one :class:`LtpipeError` listing every problem the schema cannot see."""
+    problems: list[str] = []
+    problems += _check_cache(cfg.get("cache", {}))
+    for name, ds in cfg["datasets"].items():
+        problems += [f"datasets.{name}: {p}" for p in _check_dataset(ds)]
+    for name, rc in cfg["backbones"].items():
+        problems += [f"backbones.{name}: {p}" for p in _check_recipe(cfg, rc)]
+    for name, cc in cfg["classifiers"].items():
+        problems += [f"classifiers.{name}: {p}" for p in _check_classifier(cfg, name, cc)]
+    if problems:
+        raise LtpipeError("config has problems:\n  - " + "\n  - ".join(problems))
+
+
+def _check_cache(c: dict) -> list[str]:
+    backend, comp = c.get("backend", "zarr"), c.get("compression", "lz4")
+    if comp not in COMPRESSION[backend]:
+        return [f"cache.compression: {comp!r} is not available with backend {backend!r}; "
+                f"choose one of {sorted(COMPRESSION[backend])}"]
+    return []
+
+
+def _check_dataset(ds: dict) -> list[str]:
+    out = []
+    src = ds["source"]
+    imbs = ds.get("imbalance_factors")
+    if src in PROFILE_SOURCES:
+        if not imbs:
+            out.append("imbalance_factors: required for a profile data set, e.g. [10, 100]")
+        elif "native" in imbs:
+            out.append(f"imbalance_factors: 'native' is only for list-file data sets; source "
+                       f"{src!r} needs numbers >= 1, e.g. [10, 100]")
+    else:
+        for key in ("root", "lists"):
+            if key not in ds:
+                out.append(f"{key}: required for source {src!r} (image root and the folder "
+                           "of list files)")
+        if imbs and imbs != ["native"]:
+            out.append(f"imbalance_factors: {src!r} is long-tailed natively; use [native] or "
+                       "leave it out")
+    if src in {"cifar10", "cifar100"} and "root" not in ds:
+        out.append(f"root: required for {src!r}: the folder holding cifar-10-batches-py/ or "
+                   "cifar-100-python/ (torchvision's format)")
+    if src != "digits" and "test_per_class" in ds:
+        out.append("test_per_class: only the digits source holds out its own test set")
+    th = ds.get("shot_thresholds")
+    if th and th["few"] > th["many"]:
+        out.append(f"shot_thresholds: few ({th['few']}) must not exceed many ({th['many']})")
+    return out
+
+
+def _check_recipe(cfg: dict, rc: dict) -> list[str]:
+    from ltpipe.losses import LOSSES
+    from ltpipe.models import model_names
+    from ltpipe.train.stage1 import RECIPE_DEFAULTS
+
+    out = []
+    unknown = sorted(set(rc) - set(RECIPE_DEFAULTS) - RECIPE_META_KEYS)
+    if unknown:
+        out.append(f"unknown key(s) {unknown}; allowed: {sorted(RECIPE_DEFAULTS)} + "
+                   f"{sorted(RECIPE_META_KEYS)}")
+    if rc["backbone"] not in model_names():
+        out.append(f"backbone: {rc['backbone']!r} is not registered; choose one of "
+                   f"{sorted(model_names())}")
+    loss = rc.get("loss", RECIPE_DEFAULTS.get("loss", "ce"))
+    if loss not in LOSSES:
+        out.append(f"loss: {loss!r} is not registered; choose one of {sorted(LOSSES)}")
+    for ds in rc.get("datasets", []):
+        if ds not in cfg["datasets"]:
+            out.append(f"datasets: {ds!r} is not a data set of this config; known: "
+                       f"{sorted(cfg['datasets'])}")
+    return out
+
+
+def _check_classifier(cfg: dict, name: str, cc: dict) -> list[str]:
+    from ltpipe.classifiers import METHODS, method_defaults, method_num_backbones
+
+    out = []
+    method = cc["method"]
+    if method not in METHODS:
+        return [f"method: {method!r} is not registered; choose one of {sorted(METHODS)}"]
+    missing = [b for b in cc["backbones"] if b not in cfg["backbones"]]
+    if missing:
+        out.append(f"backbones: {missing} not defined under backbones: (defined: "
+                   f"{sorted(cfg['backbones'])})")
+        return out
+    want = method_num_backbones(method)
+    if len(cc["backbones"]) != want:
+        out.append(f"backbones: method {method!r} reads {want} backbone(s), got "
+                   f"{len(cc['backbones'])}: {cc['backbones']}")
+    if not classifier_datasets(cfg, name):
+        out.append(f"backbones {cc['backbones']} share no data set; align their datasets: lists")
+    if not classifier_seeds(cfg, name):
+        out.append(f"backbones {cc['backbones']} share no training seed; align their seeds")
+    defaults = method_defaults(method)
+    settings = cc.get("settings", {})
+    for key, value in settings.items():
+        if key not in defaults:
+            out.append(f"settings.{key}: not a setting of {method!r}; allowed: "
+                       f"{sorted(defaults)}")
+        elif isinstance(value, list) and not value:
+            out.append(f"settings.{key}: an empty sweep; give at least one value")
+        elif isinstance(value, list) and len(set(map(repr, value))) != len(value):
+            out.append(f"settings.{key}: the sweep {value} repeats a value")
+    if method == "ffn":
+        w1 = settings.get("w1", defaults.get("w1"))
+        for v in w1 if isinstance(w1, list) else [w1]:
+            if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                out.append(f"settings.w1: fusion weight {v!r} outside [0, 1]; w1 weights the "
+                           "KPS feature and 1 - w1 the CE feature, so they sum to 1")
+    return out

@@ -1,0 +1,192 @@
+"""Loss base class, registry, settings validation and mixup, shared by every ltpipe loss.
+
+A loss is built from the train split's per-class counts plus keyword settings; each class
+declares its settings (default, check) in ``SETTINGS`` so configs can be validated up front with
+``loss_settings`` and bad keys fail at build time with a message naming them.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ltpipe.losses.weights import as_counts
+from ltpipe.utils import LtpipeError
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One loss setting: its default, a check on values and what the check expects (for errors)."""
+
+    default: Any
+    ok: Callable[[Any], bool]
+    expect: str
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def positive(default: float) -> Setting:
+    return Setting(default, lambda v: _real(v) and v > 0, "a positive number")
+
+
+def nonnegative(default: float) -> Setting:
+    return Setting(default, lambda v: _real(v) and v >= 0, "a number >= 0")
+
+
+def fraction(default: float) -> Setting:
+    return Setting(default, lambda v: _real(v) and 0 <= v <= 1, "a number in [0, 1]")
+
+
+def beta(default: float | None, optional: bool = False) -> Setting:
+    def ok(v: Any) -> bool:
+        return (optional and v is None) or (_real(v) and 0 <= v < 1)
+
+    return Setting(default, ok, ("null or " if optional else "") + "a number in [0, 1)")
+
+
+def epoch(default: int | None, optional: bool = False) -> Setting:
+    def ok(v: Any) -> bool:
+        return (optional and v is None) or (_int(v) and v >= 0)
+
+    return Setting(default, ok, ("null or " if optional else "") + "an integer epoch >= 0")
+
+
+def flag(default: bool) -> Setting:
+    return Setting(default, lambda v: isinstance(v, bool), "true or false")
+
+
+def resolve_settings(name: str, spec: dict[str, Setting], given: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``given`` over the defaults in ``spec``; raise LtpipeError on unknown or bad values."""
+    allowed = ", ".join(sorted(spec))
+    unknown = sorted(set(given) - set(spec))
+    if unknown:
+        raise LtpipeError(
+            f"loss {name!r} has no setting(s) {unknown}; allowed keys: {allowed}. "
+            "Remove or rename them in the config"
+        )
+    out = {key: s.default for key, s in spec.items()}
+    for key, value in given.items():
+        if not spec[key].ok(value):
+            raise LtpipeError(
+                f"loss {name!r}: setting {key!r} = {value!r} is invalid, expected "
+                f"{spec[key].expect}; allowed keys: {allowed}"
+            )
+        out[key] = value
+    return out
+
+
+class LTLoss(nn.Module):
+    """Base class of all ltpipe losses.
+
+    ``forward(logits, target, epoch)`` returns the scalar mean loss over the batch. ``epoch``
+    (0-based) matters only to schedule-dependent losses (DRW, the KPS scale switch).
+    Per-class tensors are registered as (non-persistent) buffers, so ``.to(device)`` moves them.
+    Subclasses implement ``sample_losses`` and may override ``reduce``.
+    """
+
+    SETTINGS: ClassVar[dict[str, Setting]] = {"scale": positive(1.0)}
+    registry_name: ClassVar[str] = ""
+
+    def __init__(self, counts: Any, **settings: Any) -> None:
+        super().__init__()
+        name = self.registry_name or type(self).__name__
+        self.settings = resolve_settings(name, self.SETTINGS, settings)
+        n = as_counts(counts)
+        self.num_classes = int(n.size)
+        self.register_buffer("counts", torch.tensor(n, dtype=torch.float32), persistent=False)
+
+    def __getattr__(self, key: str) -> Any:
+        settings = self.__dict__.get("settings")
+        if settings is not None and key in settings:
+            return settings[key]
+        return super().__getattr__(key)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.settings.items())
+
+    def forward(self, logits: Tensor, target: Tensor, epoch: int = 0) -> Tensor:
+        """Scalar mean loss of ``logits`` [B, C] against integer ``target`` [B] at ``epoch``."""
+        self.check_inputs(logits, target)
+        return self.reduce(self.sample_losses(logits, target, epoch), target, epoch)
+
+    def sample_losses(self, logits: Tensor, target: Tensor, epoch: int) -> Tensor:
+        """Per-sample losses [B] before any class weighting."""
+        raise NotImplementedError
+
+    def reduce(self, losses: Tensor, target: Tensor, epoch: int) -> Tensor:
+        """Batch reduction; the plain mean unless a subclass weights classes."""
+        return losses.mean()
+
+    def check_inputs(self, logits: Tensor, target: Tensor) -> None:
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise LtpipeError(
+                f"{type(self).__name__} expects logits of shape [B, {self.num_classes}] (one "
+                f"column per class in counts), got {tuple(logits.shape)}"
+            )
+        if target.shape != logits.shape[:1] or target.dtype.is_floating_point:
+            raise LtpipeError(
+                f"{type(self).__name__} expects integer targets of shape [{logits.shape[0]}], "
+                f"got {target.dtype} of shape {tuple(target.shape)}"
+            )
+
+
+LOSSES: dict[str, type[LTLoss]] = {}
+
+
+def register_loss(name: str) -> Callable[[type[LTLoss]], type[LTLoss]]:
+    """Class decorator adding a loss to ``LOSSES`` under ``name`` (warns when replacing one)."""
+
+    def deco(cls: type[LTLoss]) -> type[LTLoss]:
+        if name in LOSSES:
+            warnings.warn(
+                f"loss {name!r} re-registered: {LOSSES[name].__qualname__} replaced by "
+                f"{cls.__qualname__}",
+                stacklevel=2,
+            )
+        cls.registry_name = name
+        LOSSES[name] = cls
+        return cls
+
+    return deco
+
+
+def _lookup(name: str) -> type[LTLoss]:
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise LtpipeError(
+            f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}. "
+            "Fix the loss name in the config"
+        ) from None
+
+
+def build_loss(name: str, counts: Any, **settings: Any) -> LTLoss:
+    """Build the registered loss ``name`` for per-class training ``counts`` with ``settings``."""
+    return _lookup(name)(counts, **settings)
+
+
+def loss_settings(name: str) -> dict[str, Any]:
+    """The default value of every setting of loss ``name`` (a fresh dict)."""
+    return {key: s.default for key, s in _lookup(name).SETTINGS.items()}
+
+
+def mixup_loss(
+    loss: LTLoss, logits: Tensor, y_a: Tensor, y_b: Tensor, lam: float, epoch: int = 0
+) -> Tensor:
+    """Mixup objective lam * L(logits, y_a) + (1 - lam) * L(logits, y_b)."""
+    if not (_real(lam) and 0 <= lam <= 1):
+        raise LtpipeError(f"mixup lam must be a number in [0, 1], got {lam!r}")
+    return lam * loss(logits, y_a, epoch) + (1 - lam) * loss(logits, y_b, epoch)

@@ -1,0 +1,16 @@
+"""Backbones, heads and the AFA module behind one contract (``LTModel``) and one registry.
+
+``build_model(name, num_classes, ...)`` builds any registered backbone (``model_names()``):
+CIFAR ResNets ``resnet8`` / ``resnet20`` / ``resnet32`` and torchvision's ``resnet10`` /
+``resnet50`` / ``resnext50_32x4d`` / ``resnet152``. ``model_from_spec(model.spec)`` rebuilds one.
+"""
+
+from ltpipe.models import cifar_resnet, tv_resnet  # noqa: F401  (registers the backbones)
+from ltpipe.models.afa import AFAModule, lbls_loss
+from ltpipe.models.base import Backbone, LTModel
+from ltpipe.models.heads import CosineHead, LinearHead
+from ltpipe.models.registry import MODELS, build_model, model_from_spec, model_names, register_model
+
+__all__ = ["MODELS", "AFAModule", "Backbone", "CosineHead", "LTModel", "LinearHead",
+           "build_model", "lbls_loss", "model_from_spec", "model_names", "register_model",
+           "cifar_resnet", "tv_resnet"]

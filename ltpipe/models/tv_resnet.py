@@ -1,0 +1,67 @@
+"""ImageNet-class backbones from torchvision (random init, never pretrained weights).
+
+ResNet-10 (torchvision's ResNet class with BasicBlock [1, 1, 1, 1]), ResNet-50, ResNeXt-50 32x4d,
+ResNet-152. The stem is conv1-bn1-relu-maxpool, the stages are layer1..layer4 (the final map F is
+layer4's output; AFA sits between layer3 and layer4); torchvision's avgpool and fc are dropped
+(LTModel pools and owns the head). ``in_channels != 3`` replaces conv1 by a fresh 7x7 stride-2
+conv with that many input channels (torchvision's init for it). torchvision is imported lazily.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ltpipe.models.base import Backbone
+from ltpipe.models.registry import register_model
+
+
+def _from_torchvision(net: nn.Module, in_channels: int) -> Backbone:
+    """Split a torchvision ResNet into the stem / stages of a Backbone."""
+    if in_channels != 3:
+        old = net.conv1
+        net.conv1 = nn.Conv2d(in_channels, old.out_channels, kernel_size=old.kernel_size,
+                              stride=old.stride, padding=old.padding, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+    stages = [net.layer1, net.layer2, net.layer3, net.layer4]
+    feature_dim = net.fc.in_features
+    afa_channels = feature_dim // 2  # layer3 has half the channels of layer4 in every ResNet
+    # conv1 stride 2, maxpool stride 2, layer1 stride 1, layer2 and layer3 stride 2.
+    return Backbone(stem=stem, stages=stages, feature_dim=feature_dim, afa_channels=afa_channels,
+                    strides_before_last=[2, 2, 1, 2, 2], default_input_size=224)
+
+
+@register_model("resnet10")
+def resnet10(in_channels: int = 3, zero_init_residual: bool = False) -> Backbone:
+    """ResNet-10: torchvision's ResNet with BasicBlock [1, 1, 1, 1]; D = 512."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    net = ResNet(BasicBlock, [1, 1, 1, 1], zero_init_residual=zero_init_residual)
+    return _from_torchvision(net, in_channels)
+
+
+@register_model("resnet50")
+def resnet50(in_channels: int = 3, zero_init_residual: bool = False) -> Backbone:
+    """torchvision ResNet-50; D = 2048."""
+    from torchvision.models import resnet50 as ctor
+
+    return _from_torchvision(ctor(weights=None, zero_init_residual=zero_init_residual),
+                             in_channels)
+
+
+@register_model("resnext50_32x4d")
+def resnext50_32x4d(in_channels: int = 3, zero_init_residual: bool = False) -> Backbone:
+    """torchvision ResNeXt-50 32x4d; D = 2048."""
+    from torchvision.models import resnext50_32x4d as ctor
+
+    return _from_torchvision(ctor(weights=None, zero_init_residual=zero_init_residual),
+                             in_channels)
+
+
+@register_model("resnet152")
+def resnet152(in_channels: int = 3, zero_init_residual: bool = False) -> Backbone:
+    """torchvision ResNet-152; D = 2048."""
+    from torchvision.models import resnet152 as ctor
+
+    return _from_torchvision(ctor(weights=None, zero_init_residual=zero_init_residual),
+                             in_channels)

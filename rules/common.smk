@@ -1,0 +1,42 @@
+# Validation of the config and the target lists; all logic lives in ltpipe/config.py.
+import sys
+
+sys.path.insert(0, workflow.basedir)  # use this checkout's ltpipe package
+
+from snakemake.utils import validate
+
+from ltpipe.config import (
+    as_json,
+    cache_path,
+    check_config,
+    classifier_job,
+    dump_settings,
+    load_yaml_strict,
+    metric_targets,
+    recipe_settings,
+    split_settings,
+    validate_schema,
+)
+
+for _path in workflow.configfiles:
+    load_yaml_strict(_path)  # refuses duplicate keys, which plain YAML silently drops
+validate_schema(config)  # readable messages naming the key and the fix
+validate(config, "../workflow/schemas/config.schema.yaml")  # fills schema defaults
+check_config(config)  # what a schema cannot express: registered names, references, sweeps
+
+R = config["results"]
+SPLIT_DIR = f"{R}/{{dataset}}/if{{imb}}/s{{split_seed}}"
+RUN_DIR = f"{SPLIT_DIR}/{{backbone}}/t{{seed}}"
+CACHE_EXT = "zarr" if config["cache"]["backend"] == "zarr" else "h5"
+SUMMARY = [f"{R}/summary.csv", f"{R}/summary.md"]
+LOGS = f"{R}/logs"
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    imb=r"[0-9.]+|native",
+    split_seed=r"\d+",
+    seed=r"\d+",
+    backbone=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    classifier=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    point=r"[^/]+",

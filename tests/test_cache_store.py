@@ -1,0 +1,256 @@
+"""Tests of the feature cache store (ltpipe.cache): both backends, integrity and atomicity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from ltpipe.cache import CACHE_FORMAT_VERSION, CacheError, CacheWriter, open_cache, verify_cache
+from ltpipe.utils import LtpipeError
+
+BACKENDS = ["zarr", "hdf5"]
+CODECS = [("zarr", "none"), ("zarr", "zstd"), ("zarr", "lz4"), ("zarr", "blosc"),
+          ("hdf5", "none"), ("hdf5", "gzip"), ("hdf5", "lzf")]
+TINY = 0.0005  # MB: 524 bytes -> chunks of ceil(524 / 48) = 11 rows of (3, 4) float32
+SIZES = [5, 13, 100, 0, 1, 81]  # uneven appends crossing chunk and block boundaries (200 rows)
+
+
+def _path(tmp_path, backend):
+    return tmp_path / ("cache.zarr" if backend == "zarr" else "cache.h5")
+
+
+def _sha(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return {"x": rng.standard_normal((200, 3, 4)).astype(np.float32),
+            "h": rng.standard_normal((200, 5)).astype(np.float16),
+            "labels": rng.integers(0, 10, 200).astype(np.int64)}
+
+
+def _write(path, backend, compression="none", manifest=None, **kw):
+    data = _data()
+    with CacheWriter(path, backend=backend, compression=compression, chunk_mb=TINY, **kw) as w:
+        for name, a in data.items():
+            w.create("train", name, a.shape[1:], a.dtype, expected_rows=None)
+        lo = 0
+        for n in SIZES:
+            for name, a in data.items():
+                w.append("train", name, a[lo:lo + n])
+            lo += n
+        w.write("head", "weight", np.arange(12, dtype=np.float32).reshape(3, 4))
+        w.write("meta", "counts", np.array([5, 3, 1], dtype=np.int64))
+        w.write("meta", "scale", np.float64(2.5))
+        out = w.commit(manifest or {"kind": "test", "n": 200})
+    return data, out
+
+
+@pytest.mark.parametrize("backend,compression", CODECS)
+def test_round_trip(tmp_path, backend, compression):
+    path = _path(tmp_path, backend)
+    data, _ = _write(path, backend, compression)
+    with open_cache(path) as r:
+        assert r.groups() == ["head", "meta", "train"]
+        assert r.names("train") == ["h", "labels", "x"]
+        for name, a in data.items():
+            got = r.read("train", name)
+            assert got.dtype == a.dtype and got.shape == a.shape == r.shape("train", name)
+            assert r.dtype("train", name) == a.dtype
+            np.testing.assert_array_equal(got, a)
+        np.testing.assert_array_equal(r.read("head", "weight"),
+                                      np.arange(12, dtype=np.float32).reshape(3, 4))
+        np.testing.assert_array_equal(r.read("meta", "counts"), [5, 3, 1])
+        scale = r.read("meta", "scale")
+        assert scale.shape == () and scale.dtype == np.float64 and float(scale) == 2.5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_iter_chunks_and_row_subsets(tmp_path, backend):
+    path = _path(tmp_path, backend)
+    data, _ = _write(path, backend)
+    x = data["x"]
+    with open_cache(path) as r:
+        for step in (None, 7, 1000):
+            parts = list(r.iter_chunks("train", "x", step))
+            np.testing.assert_array_equal(np.concatenate(parts), x)
+        assert [len(p) for p in r.iter_chunks("train", "x", 64)] == [64, 64, 64, 8]
+        for rows in (slice(3, 150), slice(None, None, 7), slice(195, None), slice(9, 11),
+                     slice(50, 50)):
+            np.testing.assert_array_equal(r.read("train", "x", rows), x[rows])
+        idx = np.array([199, 3, 3, -1, 0, 85, 12, 11])
+        np.testing.assert_array_equal(r.read("train", "x", idx), x[idx])
+        mask = np.zeros(200, bool)
+        mask[[0, 10, 79, 80, 150]] = True
+        np.testing.assert_array_equal(r.read("train", "labels", mask), data["labels"][mask])
+        with pytest.raises(LtpipeError, match="200"):
+            r.read("train", "x", np.array([200]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_manifest_and_checksums(tmp_path, backend):
+    path = _path(tmp_path, backend)
+    data, out = _write(path, backend)
+    with open_cache(path) as r:
+        m = r.manifest
+    assert m == out
+    assert m["kind"] == "test" and m["n"] == 200
+    assert m["format_version"] == CACHE_FORMAT_VERSION and m["backend"] == backend
+    assert m["complete"] is True
+    expected = {f"train/{k}": v for k, v in data.items()}
+    expected["head/weight"] = np.arange(12, dtype=np.float32).reshape(3, 4)
+    expected["meta/counts"] = np.array([5, 3, 1], dtype=np.int64)
+    expected["meta/scale"] = np.float64(2.5)
+    assert sorted(m["arrays"]) == sorted(expected)
+    for key, a in expected.items():
+        entry = m["arrays"][key]
+        a = np.asarray(a)
+        assert entry["sha256"] == _sha(a), key
+        assert entry["shape"] == list(a.shape) and np.dtype(entry["dtype"]) == a.dtype
+    assert m["arrays"]["train/x"]["chunks"] == [11, 3, 4]  # at least chunk_mb: ceil(524 / 48)
+    if backend == "zarr":
+        assert json.loads((path / "manifest.json").read_text()) == m
+    assert verify_cache(path) == []
+
+
+def test_zarr_store_is_standard_zarr(tmp_path):
+    import zarr
+
+    path = _path(tmp_path, "zarr")
+    data, _ = _write(path, "zarr", "zstd")
+    group = zarr.open_group(str(path), mode="r")
+    for name, a in data.items():
+        np.testing.assert_array_equal(group[f"train/{name}"][:], a)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exception_or_no_commit_leaves_nothing(tmp_path, backend):
+    path = _path(tmp_path, backend)
+    with pytest.raises(RuntimeError, match="boom"):
+        with CacheWriter(path, backend=backend, chunk_mb=TINY) as w:
+            w.create("train", "x", (3,), np.float32)
+            w.append("train", "x", np.ones((100, 3), np.float32))
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with CacheWriter(path, backend=backend, chunk_mb=TINY) as w:
+        w.write("train", "x", np.ones((100, 3), np.float32))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(LtpipeError, match="expected_rows"):
+        with CacheWriter(path, backend=backend) as w:
+            w.create("train", "x", (3,), np.float32, expected_rows=10)
+            w.append("train", "x", np.ones((9, 3), np.float32))
+            w.commit({})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_open_missing_or_incomplete(tmp_path, backend):
+    path = _path(tmp_path, backend)
+    with pytest.raises(CacheError, match="forcerun") as err:
+        open_cache(path)
+    assert str(path) in str(err.value)
+    _write(path, backend)
+    if backend == "zarr":
+        (path / "manifest.json").unlink()
+    else:
+        import h5py
+
+        with h5py.File(path, "r+") as f:
+            del f.attrs["ltpipe_complete"]
+    with pytest.raises(CacheError, match="incomplete") as err:
+        open_cache(path)
+    assert str(path) in str(err.value)
+    assert len(verify_cache(path)) == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_expect(tmp_path, backend):
+    path = _path(tmp_path, backend)
+    _write(path, backend, manifest={"split_fingerprint": "abc", "dims": [3, 4]})
+    open_cache(path, expect={"split_fingerprint": "abc", "dims": (3, 4)}).close()
+    with pytest.raises(CacheError, match="split_fingerprint") as err:
+        open_cache(path, expect={"split_fingerprint": "xyz"})
+    assert "abc" in str(err.value) and "xyz" in str(err.value)
+    with pytest.raises(CacheError, match="backbone_sha256"):
+        open_cache(path, expect={"backbone_sha256": "0"})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_verify_detects_corruption(tmp_path, backend):
+    path = _path(tmp_path, backend)
+    _write(path, backend)
+    if backend == "zarr":
+        shard = path / "train" / "x" / "c" / "1" / "0" / "0"
+        raw = bytearray(shard.read_bytes())
+        raw[100:104] = bytes(b ^ 0xFF for b in raw[100:104])  # inside the first chunk's data
+        shard.write_bytes(bytes(raw))
+    else:
+        import h5py
+
+        with h5py.File(path, "r+") as f:
+            f["train/x"][90:92] = -7.0
+    problems = verify_cache(path)
+    assert len(problems) == 1 and problems[0].startswith("train/x:"), problems
+    assert "sha256" in problems[0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_refuses_to_overwrite(tmp_path, backend):
+    path = _path(tmp_path, backend)
+    _write(path, backend)
+    with pytest.raises(LtpipeError, match="overwrite=True") as err:
+        CacheWriter(path, backend=backend)
+    assert str(path) in str(err.value)
+    with CacheWriter(path, backend=backend, overwrite=True) as w:
+        w.write("g", "a", np.array([1, 2, 3]))
+        w.commit({"kind": "second"})
+    with open_cache(path) as r:
+        assert r.manifest["kind"] == "second" and r.groups() == ["g"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_inputs(tmp_path, backend):
+    path = _path(tmp_path, backend)
+    bad = "lzf" if backend == "zarr" else "zstd"
+    with pytest.raises(LtpipeError, match="choose one of") as err:
+        CacheWriter(path, backend=backend, compression=bad)
+    assert "none" in str(err.value)
+    with pytest.raises(LtpipeError, match="unknown"):
+        CacheWriter(path, backend="npz")
+    with CacheWriter(path, backend=backend) as w:
+        w.create("g", "a", (3,), np.float32)
+        with pytest.raises(LtpipeError, match=r"\(7, 4\)"):
+            w.append("g", "a", np.ones((7, 4), np.float32))
+        with pytest.raises(LtpipeError, match="float32"):
+            w.append("g", "a", np.ones((7, 3), np.complex64))
+        with pytest.raises(LtpipeError, match="already"):
+            w.create("g", "a", (3,), np.float32)
+
+
+def _peak_streaming(path, backend, rows):
+    tracemalloc.start()
+    try:
+        with CacheWriter(path, backend=backend, chunk_mb=0.01, overwrite=True) as w:
+            w.create("train", "f", (64,), np.float32)
+            for lo in range(0, rows, 50):
+                w.append("train", "f", np.full((min(50, rows - lo), 64), lo, np.float32))
+            w.commit({})
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_streaming_memory_does_not_grow(tmp_path, backend):
+    path = _path(tmp_path, backend)
+    _peak_streaming(path, backend, 100)  # warm up imports and caches
+    small = _peak_streaming(path, backend, 2000)  # 0.5 MB of data
+    large = _peak_streaming(path, backend, 8000)  # 2 MB of data
+    assert large < 1.5 * small, (small, large)
+    assert large < 8000 * 64 * 4 / 2, (small, large)

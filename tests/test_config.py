@@ -1,0 +1,138 @@
+"""Config: schema + domain checks, sweep expansion, target paths, strict YAML."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from ltpipe.config import (
+    check_config,
+    classifier_job,
+    imb_tag,
+    load_yaml_strict,
+    metric_targets,
+    recipe_settings,
+    split_settings,
+    splits,
+    sweep_points,
+    validate_schema,
+)
+from ltpipe.utils import LtpipeError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def cfg() -> dict:
+    return load_yaml_strict(ROOT / "config.yaml")
+
+
+def test_default_config_is_valid(cfg):
+    validate_schema(cfg)
+    check_config(cfg)
+
+
+def test_sweep_points_cartesian_product():
+    pts = sweep_points({"tau": [0.0, 1.0], "lam": [0.1, 0.2, 0.3], "epochs": 5})
+    assert len(pts) == 6
+    ids = [p for p, _ in pts]
+    assert ids[0] == "lam=0.1,tau=0.0" and ids[-1] == "lam=0.3,tau=1.0"
+    assert len(set(ids)) == 6
+    assert all(s["epochs"] == 5 for _, s in pts)
+    assert dict(pts)["lam=0.2,tau=1.0"] == {"tau": 1.0, "lam": 0.2, "epochs": 5}
+    assert sweep_points({"epochs": 5}) == [("default", {"epochs": 5})]
+
+
+def test_imb_tag():
+    assert imb_tag(10) == "10" and imb_tag(10.0) == "10" and imb_tag(12.5) == "12.5"
+    assert imb_tag("native") == "native"
+
+
+def test_metric_targets_of_default(cfg):
+    targets = metric_targets(cfg)
+    n_splits = len(cfg["datasets"]["digits"]["imbalance_factors"])
+    n_points = sum(len(sweep_points(c.get("settings", {}))) for c in cfg["classifiers"].values())
+    assert len(targets) == n_splits * n_points
+    assert "results/digits/if10/s0/cls/tau_norm/t0/tau=0.5/metrics.json" in targets
+    assert "results/digits/if50/s0/cls/crt/t0/default/metrics.json" in targets
+    assert len(set(targets)) == len(targets)
+
+
+def test_per_job_settings_hold_only_their_own(cfg):
+    assert "imbalance_factors" not in split_settings(cfg, "digits")
+    assert "seeds" not in recipe_settings(cfg, "ce")
+    job = classifier_job(cfg, "tau_norm", "tau=1.5")
+    assert job == {"method": "tau_norm", "backbones": ["ce"], "settings": {"tau": 1.5}}
+    with pytest.raises(LtpipeError, match="no sweep point"):
+        classifier_job(cfg, "tau_norm", "tau=9.0")
+
+
+def test_splits_list(cfg):
+    keys = splits(cfg)
+    assert [(k.dataset, k.imb, k.split_seed) for k in keys] == [("digits", "10", 0),
+                                                               ("digits", "50", 0)]
+
+
+def test_duplicate_yaml_key_refused(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("datasets:\n  a: {source: digits}\n  a: {source: cifar10}\n")
+    with pytest.raises(LtpipeError, match="duplicate key 'a' at line 3"):
+        load_yaml_strict(p)
+
+
+BAD = [
+    (lambda c: c.update(extra=1), "allowed keys here"),
+    (lambda c: c["datasets"]["digits"].update(imbalance_factors=[0.5]), "imbalance factor"),
+    (lambda c: c["datasets"]["digits"].update(source="mnist"), "choose one of"),
+    (lambda c: c["cache"].update(backend="npz"), "choose one of"),
+    (lambda c: c["backbones"]["ce"].update(epochs="ten"), "is not of type 'integer'"),
+    (lambda c: c["classifiers"]["crt"].update(backbones=[]), "should be non-empty"),
+]
+
+
+@pytest.mark.parametrize("mutate,message", BAD)
+def test_schema_errors_name_key_and_fix(cfg, mutate, message):
+    bad = copy.deepcopy(cfg)
+    mutate(bad)
+    with pytest.raises(LtpipeError, match=message):
+        validate_schema(bad)
+
+
+DOMAIN = [
+    (lambda c: c["classifiers"]["crt"].update(backbones=["nope"]), "not defined under backbones"),
+    (lambda c: c["classifiers"]["crt"].update(method="magic"), "'magic' is not registered"),
+    (lambda c: c["classifiers"]["tau_norm"].update(settings={"tau": []}), "empty sweep"),
+    (lambda c: c["classifiers"]["tau_norm"].update(settings={"tua": 1.0}), "not a setting"),
+    (lambda c: c["backbones"]["ce"].update(backbone="resnet9000"), "not registered"),
+    (lambda c: c["backbones"]["ce"].update(loss="hinge"), "'hinge' is not registered"),
+    (lambda c: c["backbones"]["ce"].update(learning_rate=0.1), "unknown key"),
+    (lambda c: c["datasets"]["digits"].update(shot_thresholds={"many": 5, "few": 10}),
+     "few \\(10\\) must not exceed many"),
+    (lambda c: c["datasets"].update(c10={"source": "cifar10", "imbalance_factors": [10]}),
+     "root: required"),
+    (lambda c: c["datasets"].update(inat={"source": "inat2018"}), "lists: required"),
+    (lambda c: c["cache"].update(backend="hdf5", compression="zstd"), "not available with"),
+]
+
+
+@pytest.mark.parametrize("mutate,message", DOMAIN)
+def test_domain_errors_name_key_and_fix(cfg, mutate, message):
+    bad = copy.deepcopy(cfg)
+    mutate(bad)
+    validate_schema(bad)
+    with pytest.raises(LtpipeError, match=message):
+        check_config(bad)
+
+
+def test_ffn_weight_out_of_range(cfg):
+    bad = copy.deepcopy(cfg)
+    bad["backbones"]["kps"] = dict(bad["backbones"]["ce"], head="cosine", loss="kps")
+    bad["classifiers"]["ffn"] = {"method": "ffn", "backbones": ["kps", "ce"],
+                                 "settings": {"w1": [0.5, 1.5]}}
+    with pytest.raises(LtpipeError, match="fusion weight 1.5 outside"):
+        check_config(bad)
+    bad["classifiers"]["ffn"]["backbones"] = ["kps"]
+    with pytest.raises(LtpipeError, match="reads 2 backbone"):
+        check_config(bad)

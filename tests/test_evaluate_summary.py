@@ -1,0 +1,67 @@
+"""Metrics on hand-made predictions, and the summary tables."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from ltpipe.evaluate import accuracy_report
+from ltpipe.report.summary import aggregate, write_summary
+from ltpipe.utils import write_json
+
+
+def _onehot(pred, c):
+    s = np.zeros((len(pred), c))
+    s[np.arange(len(pred)), pred] = 1.0
+    return s
+
+
+def test_accuracy_report_known_answer():
+    # 4 classes: 0 many, 1 many, 2 medium, 3 few; 2 test samples per class.
+    groups = np.array([0, 0, 1, 2])
+    labels = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    pred = np.array([0, 0, 1, 0, 2, 0, 0, 0])  # class 0: 2/2, 1: 1/2, 2: 1/2, 3: 0/2
+    r = accuracy_report(_onehot(pred, 4), labels, groups)
+    assert r["all"] == pytest.approx(100 * 4 / 8)
+    assert r["many"] == pytest.approx(100 * 3 / 4)
+    assert r["medium"] == pytest.approx(50.0)
+    assert r["few"] == pytest.approx(0.0)
+    assert r["per_class"] == [100.0, 50.0, 50.0, 0.0]
+    assert r["num_samples"] == 8
+
+
+def test_accuracy_report_empty_group_and_shape_check():
+    r = accuracy_report(_onehot(np.array([0, 1]), 2), np.array([0, 1]), np.array([0, 0]))
+    assert r["few"] is None and r["medium"] is None and r["many"] == 100.0
+    with pytest.raises(ValueError, match="do not match"):
+        accuracy_report(np.zeros((2, 3)), np.array([0, 1]), np.array([0, 0]))
+
+
+def _metrics(path, seed, all_, point="default"):
+    write_json(path, {
+        "dataset": "digits", "imbalance_factor": "10", "split_seed": 0, "seed": seed,
+        "backbones": ["ce"], "classifier": "crt", "method": "crt", "point": point,
+        "settings": {"epochs": 10},
+        "metrics": {"test": {"all": all_, "many": all_ + 1, "medium": all_, "few": None}},
+    })
+    return str(path)
+
+
+def test_summary_tables(tmp_path):
+    paths = [_metrics(tmp_path / f"m{s}.json", s, v) for s, v in [(0, 80.0), (1, 84.0)]]
+    paths.append(_metrics(tmp_path / "m2.json", 0, 70.0, point="x=1"))
+    rows = write_summary(paths, tmp_path / "s.csv", tmp_path / "s.md")
+    assert len(rows) == 3
+    with open(tmp_path / "s.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert table[0]["dataset"] == "digits" and table[0]["params"] == "epochs=10"
+    assert {r["all"] for r in table} == {"80.0000", "84.0000", "70.0000"}
+    agg = {a["point"]: a for a in aggregate(rows)}
+    mean, std = agg["default"]["all"]
+    assert mean == pytest.approx(82.0) and std == pytest.approx(math.sqrt(8.0))
+    assert agg["default"]["runs"] == 2
+    md = (tmp_path / "s.md").read_text()
+    assert "82.00 ± 2.83" in md and "| 70.00 |" in md

@@ -1,0 +1,135 @@
+"""The whole DAG of the embedded default, end to end, with the real Snakemake; rerun rules; lint.
+
+One full run happens once per test session (module fixture) in a temporary directory; the rerun
+checks are dry runs against it after editing a copy of the config.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(workdir: Path, *args: str, config: Path | None = None,
+              check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(workdir)]
+    if config is not None:
+        cmd += ["--configfile", str(config)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=1800)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule -> job count from a dry run's 'Job stats' table ({} when nothing is to be done)."""
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    counts: dict[str, int] = {}
+    in_table = False
+    for line in text.splitlines():
+        if re.match(r"^job\s+count", line.strip()):
+            in_table = True
+            continue
+        if in_table:
+            m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+            if m and m.group(1) != "total":
+                counts[m.group(1)] = int(m.group(2))
+            elif line.strip().startswith("total"):
+                break
+    assert counts, f"no job table in dry run output:\n{text[-3000:]}"
+    return counts
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("default_run")
+    shutil.copy(ROOT / "config.yaml", work / "config.yaml")
+    snakemake(work, "--cores", "2", config=work / "config.yaml")
+    return work
+
+
+def test_default_run_produces_summary(default_run):
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    with open(default_run / "results" / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    from ltpipe.config import metric_targets
+
+    assert len(rows) == len(metric_targets(cfg))
+    assert {"dataset", "imbalance_factor", "seed", "backbone", "method", "params", "all",
+            "many", "medium", "few"} <= set(rows[0])
+    methods = {r["method"] for r in rows}
+    assert {"joint", "crt", "tau_norm"} <= methods
+    joint = [float(r["all"]) for r in rows if r["method"] == "joint"]
+    assert min(joint) > 30.0, f"the digits backbone did not learn: {joint}"  # chance is 10 %
+    md = (default_run / "results" / "summary.md").read_text()
+    assert "| digits |" in md
+    cache = default_run / "results" / "digits" / "if10" / "s0" / "ce" / "t0" / "cache.zarr"
+    assert (cache / "manifest.json").exists()
+
+
+def test_second_run_has_nothing_to_do(default_run):
+    proc = snakemake(default_run, "-n", config=default_run / "config.yaml")
+    assert planned_jobs(proc) == {}
+
+
+def _edited(default_run: Path, edit) -> Path:
+    cfg = yaml.safe_load((default_run / "config.yaml").read_text())
+    edit(cfg)
+    path = default_run / "edited.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_classifier_setting_reruns_only_that_job(default_run):
+    cfg_path = _edited(default_run, lambda c: c["classifiers"]["crt"].update(
+        settings={"epochs": 3}))
+    n_splits = 2
+    jobs = planned_jobs(snakemake(default_run, "-n", config=cfg_path))
+    assert jobs == {"classify": n_splits, "summary": 1, "all": 1}
+
+
+def test_new_sweep_point_adds_one_job_per_split(default_run):
+    cfg_path = _edited(default_run, lambda c: c["classifiers"]["tau_norm"]["settings"]["tau"]
+                       .append(2.0))
+    jobs = planned_jobs(snakemake(default_run, "-n", config=cfg_path))
+    assert jobs == {"classify": 2, "summary": 1, "all": 1}
+
+
+def test_recipe_setting_reruns_backbone_and_what_it_feeds(default_run):
+    cfg_path = _edited(default_run, lambda c: c["backbones"]["ce"].update(epochs=29))
+    cfg = yaml.safe_load(cfg_path.read_text())
+    from ltpipe.config import metric_targets
+
+    jobs = planned_jobs(snakemake(default_run, "-n", config=cfg_path))
+    assert jobs == {"train": 2, "dump": 2, "classify": len(metric_targets(cfg)), "summary": 1,
+                    "all": 1}
+
+
+def test_bad_config_stops_before_any_job(default_run):
+    cfg_path = _edited(default_run, lambda c: c["datasets"]["digits"].update(
+        imbalance_factors=[0.5]))
+    proc = snakemake(default_run, "-n", config=cfg_path, check=False)
+    assert proc.returncode != 0
+    assert "imbalance_factors" in proc.stderr + proc.stdout
+    assert "give a number >= 1" in proc.stderr + proc.stdout
+
+
+def test_lint_is_clean(tmp_path):
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    proc = snakemake(tmp_path, "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
