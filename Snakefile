@@ -7,7 +7,11 @@ from snakemake.utils import min_version
 min_version("8.20")
 
 
-configfile: "config.yaml"
+# config.yaml is the default; a --configfile (e.g. a preset in workflow/presets/) replaces it
+# instead of being merged into it, so a preset never inherits the default's data sets.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "rules/common.smk"

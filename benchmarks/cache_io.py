@@ -3,17 +3,18 @@
 Writes and reads the same CIFAR-100-LT-sized arrays (ResNet-32 stage one: fmap [N, 64, 8, 8] in
 float32 and float16, pooled [N, 64], logits [N, 100]; N = 10847 training images at imbalance
 factor 100) with each cache backend/codec and with numpy, and prints MB/s and the ratio to numpy
-for the streaming write (batches of 256 rows, as the dump does, sha256 included) and the full
-read of every array. Then it measures the streaming write's peak memory (tracemalloc peak and
-the RSS high-water mark of a fresh process) for N and 4N rows.
+for the streaming write (batches of 256 rows, as the dump does, per-chunk checksums included)
+and the full read of every array. Each repeat runs every format once, one after the other, and
+the table keeps the median time per format, so load from other processes hits all formats alike.
+Then it measures the streaming write's peak memory (tracemalloc peak and the RSS high-water mark
+of a fresh process) for N and 4N rows.
 
-    python benchmarks/cache_io.py [--rows N] [--repeat K] [--dir DIR]
+    python benchmarks/cache_io.py [--rows N] [--repeat K] [--formats F ...] [--json OUT] [--dir D]
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import resource
 import shutil
@@ -28,11 +29,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ltpipe.cache import CacheWriter, open_cache  # noqa: E402
+from ltpipe.cache.store import checksum_function, default_checksum  # noqa: E402
 
 BATCH = 256
-#: (label, backend, compression, level); "numpy" is the baseline, "numpy+sha" adds the sha256
-#: that the cache computes while writing (an upper bound on the cache's write speed)
-FORMATS = [("numpy", None, None, 0), ("numpy+sha", None, "sha256", 0),
+#: (label, backend, compression, level); "numpy" is the baseline, "numpy+crc" adds the per-chunk
+#: checksum that the cache computes while writing (an upper bound on the cache's write speed)
+FORMATS = [("numpy", None, None, 0), ("numpy+crc", None, "checksum", 0),
            ("zarr", "zarr", "none", 0), ("hdf5", "hdf5", "none", 0),
            ("zarr lz4", "zarr", "lz4", 1), ("zarr zstd1", "zarr", "zstd", 1),
            ("hdf5 lzf", "hdf5", "lzf", 0)]
@@ -75,8 +77,9 @@ def _write(fmt: tuple, arrays: dict, target: Path) -> None:
         target.mkdir(parents=True, exist_ok=True)
         for name, a in arrays.items():
             np.save(target / f"{name}.npy", a)
-            if compression == "sha256":  # the checksum the cache computes, for reference
-                hashlib.sha256(memoryview(a).cast("B")).hexdigest()
+            if compression == "checksum":  # the checksums the cache computes, for reference
+                fn, step = checksum_function(default_checksum()), max(1, 2**20 // a[:1].nbytes)
+                [fn(a[lo:lo + step]) for lo in range(0, len(a), step)]
     else:
         stream_write(target, backend, compression, level, _batches(arrays))
 
@@ -104,34 +107,44 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _best(fn, repeat: int, before=lambda: None) -> float:
-    times = []
-    for _ in range(repeat):
-        before()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def _timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
 
 
-def speed_table(rows: int, repeat: int, workdir: Path) -> None:
+def speed_table(rows: int, repeat: int, workdir: Path, formats: list[tuple]) -> list[dict]:
+    """Median write/read time per format over ``repeat`` interleaved rounds; prints a table."""
     arrays = make_arrays(rows)
     mb = sum(a.nbytes for a in arrays.values()) / 1e6
     print(f"arrays: {', '.join(f'{k} {v.dtype}{list(v.shape)}' for k, v in arrays.items())}"
-          f" = {mb:.0f} MB; best of {repeat}")
+          f" = {mb:.0f} MB; median of {repeat} interleaved rounds")
+    targets = {f[0]: (workdir / f[0].replace(" ", "_").replace("+", "_")).with_suffix(
+        {"zarr": ".zarr", "hdf5": ".h5"}.get(f[1], "")) for f in formats}
+    times: dict[str, dict[str, list[float]]] = {f[0]: {"write": [], "read": []} for f in formats}
+    sizes: dict[str, int] = {}
+    for _ in range(repeat):
+        for fmt in formats:
+            target = targets[fmt[0]]
+            _remove(target)  # deletion is not timed
+            times[fmt[0]]["write"].append(_timed(_write, fmt, arrays, target))
+            times[fmt[0]]["read"].append(_timed(_read, fmt, list(arrays), target))
+            sizes[fmt[0]] = _size(target)
+    for target in targets.values():
+        _remove(target)
+    base = {k: float(np.median(times["numpy"][k])) for k in ("write", "read")}
     print(f"{'format':<12}{'write MB/s':>11}{'x numpy':>9}{'read MB/s':>11}{'x numpy':>9}"
           f"{'disk MB':>9}")
-    base = None
-    for fmt in FORMATS:
-        target = workdir / fmt[0].replace(" ", "_")
-        target = target.with_suffix({"zarr": ".zarr", "hdf5": ".h5"}.get(fmt[1], ""))
-        tw = _best(lambda fmt=fmt, target=target: _write(fmt, arrays, target), repeat,
-                   before=lambda target=target: _remove(target))  # deletion is not timed
-        tr = _best(lambda fmt=fmt, target=target: _read(fmt, list(arrays), target), repeat)
-        base = base or (tw, tr)
-        print(f"{fmt[0]:<12}{mb / tw:>11.0f}{base[0] / tw:>9.2f}{mb / tr:>11.0f}"
-              f"{base[1] / tr:>9.2f}{_size(target) / 1e6:>9.0f}")
-        _remove(target)
+    results = []
+    for fmt in formats:
+        tw, tr = (float(np.median(times[fmt[0]][k])) for k in ("write", "read"))
+        results.append({"format": fmt[0], "write_s": tw, "read_s": tr, "write_x_numpy":
+                        base["write"] / tw, "read_x_numpy": base["read"] / tr,
+                        "write_times_s": times[fmt[0]]["write"],
+                        "read_times_s": times[fmt[0]]["read"], "disk_bytes": sizes[fmt[0]]})
+        print(f"{fmt[0]:<12}{mb / tw:>11.0f}{base['write'] / tw:>9.2f}{mb / tr:>11.0f}"
+              f"{base['read'] / tr:>9.2f}{sizes[fmt[0]] / 1e6:>9.0f}")
+    return results
 
 
 def _child(backend: str, rows: int, path: str) -> None:
@@ -173,10 +186,11 @@ def _peak_rss_kb() -> int:
     return _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def memory_table(rows: int, workdir: Path) -> None:
+def memory_table(rows: int, workdir: Path) -> list[dict]:
     print(f"\nstreaming write memory (fresh process; data generated batch by batch, {BATCH} rows)")
     print(f"{'backend':<8}{'rows':>8}{'data MB':>9}{'tracemalloc peak MB':>21}{'RSS delta MB':>14}")
     per_row = (64 * 8 * 8 * 6 + 64 * 4 + 100 * 4) / 1e6
+    results = []
     for backend in ("zarr", "hdf5"):
         for n in (rows, 4 * rows):
             path = workdir / f"mem.{'zarr' if backend == 'zarr' else 'h5'}"
@@ -185,25 +199,41 @@ def memory_table(rows: int, workdir: Path) -> None:
             res = json.loads(out.strip().splitlines()[-1])
             print(f"{backend:<8}{n:>8}{n * per_row:>9.0f}{res['tracemalloc_peak_mb']:>21.1f}"
                   f"{res['rss_delta_mb']:>14.1f}")
+            results.append({"backend": backend, "rows": n, **res})
             _remove(path)
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=10847, help="samples (CIFAR-100-LT: 10847)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best kept)")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="interleaved rounds (the median per format is kept)")
+    parser.add_argument("--formats", nargs="+", default=None, metavar="F",
+                        help=f"formats to time (numpy always): {[f[0] for f in FORMATS]}")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory table")
+    parser.add_argument("--json", default=None, metavar="OUT", help="also write results as JSON")
     parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     parser.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._child:
         _child(args._child[0], int(args._child[1]), args._child[2])
         return
+    formats = [f for f in FORMATS if f[0] == "numpy" or args.formats is None
+               or f[0] in args.formats]
+    unknown = sorted(set(args.formats or []) - {f[0] for f in FORMATS})
+    if unknown:
+        parser.error(f"unknown formats {unknown}; choose from {[f[0] for f in FORMATS]}")
     workdir = Path(tempfile.mkdtemp(prefix="cache_io_", dir=args.dir))
     try:
-        speed_table(args.rows, args.repeat, workdir)
-        memory_table(args.rows, workdir)
+        out = {"rows": args.rows, "repeat": args.repeat, "checksum": default_checksum(),
+               "speed": speed_table(args.rows, args.repeat, workdir, formats)}
+        if not args.no_memory:
+            out["memory"] = memory_table(args.rows, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

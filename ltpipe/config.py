@@ -215,7 +215,7 @@ def dump_settings(cfg: dict) -> dict:
     c = cfg.get("cache", {})
     return {
         "backend": c.get("backend", "zarr"),
-        "compression": c.get("compression", "lz4"),
+        "compression": c.get("compression", "none"),
         "fmap_dtype": c.get("fmap_dtype", "float16"),
         "batch_size": c.get("batch_size", 256),
         "augmented_views": c.get("augmented_views", 0),
@@ -253,7 +253,7 @@ def check_config(cfg: dict) -> None:
 
 
 def _check_cache(c: dict) -> list[str]:
-    backend, comp = c.get("backend", "zarr"), c.get("compression", "lz4")
+    backend, comp = c.get("backend", "zarr"), c.get("compression", "none")
     if comp not in COMPRESSION[backend]:
         return [f"cache.compression: {comp!r} is not available with backend {backend!r}; "
                 f"choose one of {sorted(COMPRESSION[backend])}"]

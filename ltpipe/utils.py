@@ -7,16 +7,16 @@ import json
 import os
 import random
 import shutil
-import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 
 class LtpipeError(Exception):
-    """An error caused by bad input or a bad artifact; its message says what is wrong and the fix."""
+    """Bad input or a bad artifact; the message says what is wrong and how to fix it."""
 
 
 def tmp_sibling(path: str | os.PathLike) -> Path:

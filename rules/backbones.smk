@@ -19,6 +19,8 @@ rule train:
         gpu=1,
         runtime=24 * 60,
         mem_mb=16000,
+    conda:
+        "../envs/ltpipe.yaml"
     shell:
         "python -m ltpipe train --split {input.split} --recipe {params.recipe:q} --seed {wildcards.seed}"
         " --threads {threads} --out {output.model} >> {log} 2>&1"

@@ -16,6 +16,8 @@ rule dump:
         gpu=1,
         runtime=120,
         mem_mb=8000,
+    conda:
+        "../envs/ltpipe.yaml"
     shell:
         "python -m ltpipe dump --split {input.split} --model {input.model} --settings {params.settings:q}"
         " --threads {threads} --out {output} > {log} 2>&1"

@@ -42,6 +42,8 @@ rule classify:
     resources:
         runtime=30,
         mem_mb=4000,
+    conda:
+        "../envs/ltpipe.yaml"
     shell:
         "python -m ltpipe classify --split {input.split} --job {params.job:q} --info {params.info:q}"
         " --seed {wildcards.seed} --threads {threads} --out-dir $(dirname {output.metrics})"

@@ -11,6 +11,8 @@ rule split:
     resources:
         runtime=30,
         mem_mb=4000,
+    conda:
+        "../envs/ltpipe.yaml"
     shell:
         "python -m ltpipe split --dataset {wildcards.dataset} --settings {params.settings:q}"
         " --imbalance-factor {wildcards.imb} --seed {wildcards.split_seed}"

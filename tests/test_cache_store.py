@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+import re
 import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -23,8 +24,14 @@ def _path(tmp_path, backend):
     return tmp_path / ("cache.zarr" if backend == "zarr" else "cache.h5")
 
 
-def _sha(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+def _chunk_sums(a: np.ndarray, rows: int, algorithm: str) -> list[int]:
+    """Checksums of consecutive ``rows``-row pieces of ``a`` (one for a 0-d array), by hand."""
+    import google_crc32c
+
+    fn = google_crc32c.value if algorithm == "crc32c-per-chunk" else zlib.crc32
+    if a.ndim == 0:
+        return [fn(a.tobytes())]
+    return [fn(a[lo:lo + rows].tobytes()) for lo in range(0, len(a), rows)]
 
 
 def _data():
@@ -92,26 +99,38 @@ def test_iter_chunks_and_row_subsets(tmp_path, backend):
             r.read("train", "x", np.array([200]))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_manifest_and_checksums(tmp_path, backend):
+@pytest.mark.parametrize("backend,algorithm", [("zarr", "crc32c-per-chunk"),
+                                               ("hdf5", "crc32c-per-chunk"),
+                                               ("zarr", "crc32-per-chunk")])
+def test_manifest_and_checksums(tmp_path, monkeypatch, backend, algorithm):
+    import ltpipe.cache.store as store
+
+    if algorithm == "crc32-per-chunk":  # what a machine without google-crc32c writes
+        monkeypatch.setattr(store, "default_checksum", lambda: algorithm)
     path = _path(tmp_path, backend)
     data, out = _write(path, backend)
     with open_cache(path) as r:
         m = r.manifest
     assert m == out
     assert m["kind"] == "test" and m["n"] == 200
-    assert m["format_version"] == CACHE_FORMAT_VERSION and m["backend"] == backend
+    assert m["format_version"] == CACHE_FORMAT_VERSION == 2 and m["backend"] == backend
     assert m["complete"] is True
     expected = {f"train/{k}": v for k, v in data.items()}
     expected["head/weight"] = np.arange(12, dtype=np.float32).reshape(3, 4)
     expected["meta/counts"] = np.array([5, 3, 1], dtype=np.int64)
     expected["meta/scale"] = np.float64(2.5)
     assert sorted(m["arrays"]) == sorted(expected)
+    # rows per chunk: ceil(524 bytes / row bytes), capped by the rows of a whole-array write
+    chunk_rows = {"train/x": 11, "train/h": 53, "train/labels": 66, "head/weight": 3,
+                  "meta/counts": 3, "meta/scale": 1}
     for key, a in expected.items():
         entry = m["arrays"][key]
         a = np.asarray(a)
-        assert entry["sha256"] == _sha(a), key
+        assert entry["checksum"]["algorithm"] == algorithm, key
+        assert entry["checksum"]["chunk_rows"] == chunk_rows[key], key
+        assert entry["checksum"]["values"] == _chunk_sums(a, chunk_rows[key], algorithm), key
         assert entry["shape"] == list(a.shape) and np.dtype(entry["dtype"]) == a.dtype
+    assert len(m["arrays"]["train/x"]["checksum"]["values"]) == 19  # ceil(200 / 11)
     assert m["arrays"]["train/x"]["chunks"] == [11, 3, 4]  # at least chunk_mb: ceil(524 / 48)
     if backend == "zarr":
         assert json.loads((path / "manifest.json").read_text()) == m
@@ -196,7 +215,58 @@ def test_verify_detects_corruption(tmp_path, backend):
             f["train/x"][90:92] = -7.0
     problems = verify_cache(path)
     assert len(problems) == 1 and problems[0].startswith("train/x:"), problems
-    assert "sha256" in problems[0]
+    # rows 88-98 hold chunk 8 (11 rows per chunk); zarr: first chunk of shard 1 (8 per shard)
+    assert "chunk 8 (rows 88:99) fail" in problems[0] and "crc32c" in problems[0], problems
+
+
+def _flip_bytes(file, offset: int, n: int = 4) -> None:
+    with open(file, "r+b") as fh:
+        fh.seek(offset)
+        raw = fh.read(n)
+        fh.seek(offset)
+        fh.write(bytes(b ^ 0xFF for b in raw))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_verify_names_the_corrupted_chunk(tmp_path, backend):
+    """Flip 4 bytes of chunk 13 (rows 143:154) of train/x in the file itself; only it is named."""
+    path = _path(tmp_path, backend)
+    data, _ = _write(path, backend)
+    chunk_bytes = 11 * 3 * 4 * 4
+    if backend == "zarr":  # chunk 13 = shard 1, slot 5; uncompressed chunks lie back to back
+        _flip_bytes(path / "train" / "x" / "c" / "1" / "0" / "0", 5 * chunk_bytes + 40)
+    else:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            info = f["train/x"].id.get_chunk_info_by_coord((143, 0, 0))
+        assert info.size == chunk_bytes
+        _flip_bytes(path, info.byte_offset + 40)
+    problems = verify_cache(path)
+    assert len(problems) == 1 and problems[0].startswith("train/x: chunk 13 (rows 143:154) fail")
+    assert len(re.findall(r"chunk \d+", problems[0])) == 1, problems
+    with open_cache(path) as r:  # the other rows still read back unchanged
+        got = r.read("train", "x")
+    changed = np.flatnonzero((got != data["x"]).any(axis=(1, 2)))
+    assert changed.tolist() == [143 + 40 // 48]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_open_refuses_another_format_version(tmp_path, backend):
+    path = _path(tmp_path, backend)
+    _, manifest = _write(path, backend)
+    manifest["format_version"] = 1
+    if backend == "zarr":
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    else:
+        import h5py
+
+        with h5py.File(path, "r+") as f:
+            f.attrs["ltpipe_manifest"] = json.dumps(manifest)
+    with pytest.raises(CacheError, match=r"format_version 1.*only version 2.*forcerun") as err:
+        open_cache(path)
+    assert str(path) in str(err.value)
+    assert len(verify_cache(path)) == 1
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -252,5 +322,8 @@ def test_streaming_memory_does_not_grow(tmp_path, backend):
     _peak_streaming(path, backend, 100)  # warm up imports and caches
     small = _peak_streaming(path, backend, 2000)  # 0.5 MB of data
     large = _peak_streaming(path, backend, 8000)  # 2 MB of data
-    assert large < 1.5 * small, (small, large)
+    # only the per-chunk checksums may grow (writer list, manifest text and dict at commit):
+    # 41-row chunks (ceil(0.01 MB / 256 bytes)), allow 128 bytes for each extra chunk
+    extra_chunks = -(-8000 // 41) - -(-2000 // 41)
+    assert large < 1.5 * small + 128 * extra_chunks, (small, large)
     assert large < 8000 * 64 * 4 / 2, (small, large)

@@ -133,3 +133,33 @@ def test_lint_is_clean(tmp_path):
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
     proc = snakemake(tmp_path, "--lint", check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_bundle_reproduces_without_retraining(default_run, tmp_path):
+    """Stage-one artifacts packed on one machine let a fresh checkout rerun only stage two."""
+    from ltpipe import bundle
+    from ltpipe.utils import LtpipeError
+
+    archive = tmp_path / "stage1.tar"
+    index = bundle.pack(default_run / "results", archive)
+    names = set(index["files"])
+    assert any(n.endswith("model.pt") for n in names)
+    assert any("cache.zarr/" in n for n in names)
+    assert not any("/cls/" in n or n.startswith("logs/") or n.endswith(".ckpt") for n in names)
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copy(default_run / "config.yaml", fresh / "config.yaml")
+    bundle.unpack(archive, fresh / "results")
+    jobs = planned_jobs(snakemake(fresh, "-n", config=fresh / "config.yaml"))
+    cfg = yaml.safe_load((fresh / "config.yaml").read_text())
+    from ltpipe.config import metric_targets
+
+    assert jobs == {"classify": len(metric_targets(cfg)), "summary": 1, "all": 1}
+    # unpacking again is a no-op; a file that differs is never silently overwritten
+    assert bundle.unpack(archive, fresh / "results") == 0
+    victim = next((fresh / "results").rglob("split.json"))
+    victim.write_text("{}")
+    with pytest.raises(LtpipeError, match="differs from the bundle"):
+        bundle.unpack(archive, fresh / "results")
+    assert victim.read_text() == "{}"

@@ -70,7 +70,7 @@ def dump_cache(split_path: str | Path, model_path: str | Path, out_path: str | P
         "parts": parts,
     }
     with CacheWriter(out_path, backend=settings.get("backend", "zarr"),
-                     compression=settings.get("compression", "lz4")) as writer:
+                     compression=settings.get("compression", "none")) as writer:
         for part in parts:
             data = split_data(split, part)
             n = _write_part(writer, part, model, data, meta, scale, fmap_dtype, settings, device,

@@ -1,12 +1,16 @@
 """HDF5 backend of the feature cache (h5py): one file, datasets chunked along axis 0.
 
-Streamed datasets grow along axis 0 (``maxshape=(None, ...)``) one block of whole chunks at a
-time. The manifest is a JSON string attribute on the root group, and a second root attribute
-(``ltpipe_complete``) marks the file complete; both are written last.
+Streamed datasets grow along axis 0 (``maxshape=(None, ...)``) chunk by chunk. Uncompressed
+chunks are written with ``write_direct_chunk`` (no chunk cache, no type conversion) and read back
+by their file offsets (``chunk_iter``), with one ``preadv`` per run of adjacent chunks straight
+into the output array; anything else goes through h5py's ordinary (slower) paths. The manifest is
+a JSON string attribute on the root group, and a second root attribute (``ltpipe_complete``)
+marks the file complete; both are written last.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ class Hdf5Writer:
         self.path = Path(path)
         self.compression, self.level = compression, level
         self._file = h5py.File(self.path, "w", libver="latest")
+        self._ds: dict[str, Any] = {}
 
     def _opts(self) -> dict[str, Any]:
         comp = COMPRESSIONS[self.compression]
@@ -37,17 +42,29 @@ class Hdf5Writer:
             return {}
         return {"compression": comp, "compression_opts": self.level if comp == "gzip" else None}
 
-    def create(self, key: str, tail: tuple[int, ...], dtype: np.dtype, chunk_rows: int) -> int:
-        """Create an empty growable dataset; returns the rows per write block."""
-        self._file.create_dataset(key, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
-                                  chunks=(chunk_rows, *tail), **self._opts())
-        return chunk_rows * CHUNKS_PER_BLOCK
+    def create(self, key: str, tail: tuple[int, ...], dtype: np.dtype, chunk_rows: int) -> None:
+        """Create an empty growable dataset of ``chunk_rows``-row chunks."""
+        self._ds[key] = self._file.create_dataset(
+            key, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
+            chunks=(chunk_rows, *tail), **self._opts())
 
-    def write_block(self, key: str, start: int, block: np.ndarray) -> None:
-        """Append rows ``start:start+len(block)`` (start is the current length)."""
-        ds = self._file[key]
+    def write_chunks(self, key: str, first: int, block: np.ndarray) -> None:
+        """Write chunks ``first, first+1, ...``: whole chunks, or the dataset's last partial one."""
+        ds = self._ds[key]
+        chunk_rows = ds.chunks[0]
+        start = first * chunk_rows
         ds.resize(start + len(block), axis=0)
-        ds[start:start + len(block)] = block
+        if COMPRESSIONS[self.compression] is not None:
+            ds[start:start + len(block)] = block
+            return
+        zeros = (0,) * (block.ndim - 1)
+        for lo in range(0, len(block), chunk_rows):
+            chunk = block[lo:lo + chunk_rows]
+            if len(chunk) < chunk_rows:  # chunks are stored full size; pad the last one
+                padded = np.zeros((chunk_rows, *chunk.shape[1:]), chunk.dtype)
+                padded[:len(chunk)] = chunk
+                chunk = padded
+            ds.id.write_direct_chunk((start + lo, *zeros), np.ascontiguousarray(chunk))
 
     def write_small(self, key: str, array: np.ndarray) -> None:
         """Write a 0-d array (contiguous, uncompressed)."""
@@ -69,18 +86,21 @@ class Hdf5Writer:
         self._file.flush()
 
     def close(self) -> None:
+        self._ds.clear()
         if self._file.id.valid:
             self._file.close()
 
 
 class Hdf5Reader:
-    """Reads a committed HDF5 cache; see :class:`ltpipe.cache.store.CacheReader`."""
+    """Reads a committed HDF5 cache; see :class:`ltpipe.cache.reader.CacheReader`."""
 
     def __init__(self, path: Path) -> None:
         import h5py
 
         self.path = Path(path)
         self._file = h5py.File(self.path, "r")
+        self._fd: int | None = None
+        self._tables: dict[str, np.ndarray | None] = {}
 
     def manifest_json(self) -> str | None:
         """The manifest string, or None unless the file is marked complete."""
@@ -91,17 +111,64 @@ class Hdf5Reader:
         return value.decode() if isinstance(value, bytes) else str(value)
 
     def block_rows(self, key: str) -> int:
+        """Rows per read block: ``CHUNKS_PER_BLOCK`` chunks."""
         ds = self._file[key]
         return max(1, (ds.chunks or ds.shape or (1,))[0]) * CHUNKS_PER_BLOCK
 
     def read_range(self, key: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of ``key`` (the value itself for a 0-d dataset)."""
         ds = self._file[key]
         if ds.ndim == 0:
             return np.asarray(ds[()])
         out = np.empty((stop - start, *ds.shape[1:]), ds.dtype)
-        if stop > start:
+        if stop <= start:
+            return out
+        table = self._chunk_table(key, ds)
+        if table is None or (table[start // ds.chunks[0]:(stop - 1) // ds.chunks[0] + 1] < 0).any():
             ds.read_direct(out, source_sel=np.s_[start:stop])
+        else:
+            self._read_raw(table, ds.chunks[0], start, stop, out)
         return out
+
+    def _chunk_table(self, key: str, ds: Any) -> np.ndarray | None:
+        """File offset of every chunk (-1: not allocated), or None if chunks need HDF5 to read."""
+        if key in self._tables:
+            return self._tables[key]
+        table = None
+        raw_ok = (ds.chunks is not None and tuple(ds.chunks[1:]) == tuple(ds.shape[1:])
+                  and ds.dtype.kind in "iuf" and ds.id.get_create_plist().get_nfilters() == 0
+                  and hasattr(ds.id, "chunk_iter"))
+        if raw_ok:
+            chunk_rows, chunk_bytes = ds.chunks[0], int(np.prod(ds.chunks)) * ds.dtype.itemsize
+            table = np.full(-(-ds.shape[0] // chunk_rows), -1, np.int64)
+
+            def record(info: Any) -> None:
+                if info.size == chunk_bytes and info.chunk_offset[0] // chunk_rows < len(table):
+                    table[info.chunk_offset[0] // chunk_rows] = info.byte_offset
+
+            try:
+                ds.id.chunk_iter(record)
+            except Exception:  # noqa: BLE001 - an HDF5 without chunk queries: read through h5py
+                table = None
+        self._tables[key] = table
+        return table
+
+    def _read_raw(self, table: np.ndarray, chunk_rows: int, start: int, stop: int,
+                  out: np.ndarray) -> None:
+        """One ``preadv`` per run of chunks that lie back to back in the file."""
+        from ltpipe.cache.reader import pread_into
+
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        row_bytes = out[:1].nbytes
+        first, last = start // chunk_rows, (stop - 1) // chunk_rows
+        offsets = table[first:last + 1]
+        breaks = np.flatnonzero(np.diff(offsets) != chunk_rows * row_bytes) + 1
+        for run in np.split(np.arange(first, last + 1), breaks):
+            lo = max(start, int(run[0]) * chunk_rows)
+            hi = min(stop, (int(run[-1]) + 1) * chunk_rows)
+            skip = (lo - int(run[0]) * chunk_rows) * row_bytes
+            pread_into(self._fd, out[lo - start:hi - start], int(table[run[0]]) + skip)
 
     def meta(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
         """Shape and dtype as stored on disk."""
@@ -109,10 +176,15 @@ class Hdf5Reader:
         return tuple(ds.shape), ds.dtype
 
     def chunks(self, key: str) -> list[int]:
+        """The chunk shape of ``key`` (its shape when not chunked)."""
         ds = self._file[key]
         return list(ds.chunks or ds.shape)
 
     def close(self) -> None:
+        """Close the file and the raw reading handle."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self._file.id.valid:
             self._file.close()
 

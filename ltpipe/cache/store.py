@@ -1,21 +1,23 @@
-"""The feature cache's one reader/writer interface over its zarr and HDF5 backends.
+"""The feature cache's writer, plus what the writer, reader and verifier share.
 
 A cache holds arrays addressed as ``group/name`` (e.g. ``train/fmap``) plus a JSON manifest.
-:class:`CacheWriter` streams rows into a temporary sibling of the final path, hashes them on the
-way (sha256 of the C-order bytes) and, on :meth:`CacheWriter.commit`, writes the manifest last and
-renames the whole cache into place. :func:`open_cache` refuses anything without a complete
-manifest. The backends (``zarr_backend``, ``hdf5_backend``) are imported only when used.
+:class:`CacheWriter` streams rows into a temporary sibling of the final path, one storage chunk
+(about ``chunk_mb`` MB of rows along axis 0) at a time, records a CRC-32C of every chunk's C-order
+bytes (cheap enough to cost a fraction of the write, and it lets :func:`ltpipe.cache.verify_cache`
+name the exact chunk that changed) and, on :meth:`CacheWriter.commit`, writes the manifest last
+and renames the whole cache into place. The reader lives in :mod:`ltpipe.cache.reader`; the
+backends (``zarr_backend``, ``hdf5_backend``) are imported only when used.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,18 +26,62 @@ import numpy as np
 
 from ltpipe.utils import LtpipeError, _json_default, tmp_sibling
 
-CACHE_FORMAT_VERSION = 1
+#: 2: per-chunk checksums (``checksum``) replace version 1's whole-array ``sha256``
+CACHE_FORMAT_VERSION = 2
 BACKENDS = ("zarr", "hdf5")
 RESERVED_KEYS = ("format_version", "backend", "arrays", "complete")
-FIX = "rerun the cache dump (snakemake --forcerun <the rule that writes this cache>)"
+FIX = "rerun the cache dump (snakemake --forcerun dump)"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+#: checksum algorithms a manifest may name; the first one available is used for writing
+CHECKSUMS = ("crc32c-per-chunk", "crc32-per-chunk")
+#: whole chunks handed to the backend per call (bounds the copy of a non-contiguous input)
+_CHUNKS_PER_PUT = 8
 
 
 class CacheError(LtpipeError):
     """A cache is missing, incomplete, corrupted or not the one a job expects."""
 
 
-def _backend(name: str) -> Any:
+# ------------------------------------------------------------------- checksums
+def default_checksum() -> str:
+    """``crc32c-per-chunk`` where google-crc32c's C extension loads, else ``crc32-per-chunk``."""
+    try:
+        import google_crc32c
+    except ImportError:
+        return "crc32-per-chunk"
+    return "crc32c-per-chunk" if google_crc32c.implementation == "c" else "crc32-per-chunk"
+
+
+def checksum_function(algorithm: str) -> Callable[[np.ndarray], int]:
+    """The function ``array -> int`` that computes ``algorithm`` over an array's C-order bytes."""
+    if algorithm == "crc32c-per-chunk":
+        try:
+            import google_crc32c
+        except ImportError as err:
+            raise CacheError("this cache's checksums are CRC-32C, which needs the google-crc32c "
+                             "package; pip install 'google-crc32c>=1.5'") from err
+        fn = google_crc32c.value
+    elif algorithm == "crc32-per-chunk":
+        fn = zlib.crc32
+    else:
+        raise CacheError(f"checksum algorithm {algorithm!r} is unknown; expected one of "
+                         f"{list(CHECKSUMS)}. The cache was written by another ltpipe: {FIX}")
+    try:  # google_crc32c takes only buffers without a release hook: ndarrays yes, memoryviews no
+        fn(np.zeros(1, np.uint8))
+        direct = True
+    except TypeError:
+        direct = False
+
+    def checksum(array: np.ndarray) -> int:
+        data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        return int(fn(data if direct else data.tobytes()))
+
+    return checksum
+
+
+# --------------------------------------------------------------- shared helpers
+def backend_module(name: str) -> Any:
+    """The backend module called ``name`` (imported on first use)."""
     if name == "zarr":
         from ltpipe.cache import zarr_backend as mod
     elif name == "hdf5":
@@ -56,6 +102,32 @@ def detect_backend(path: str | os.PathLike) -> str | None:
     return None
 
 
+def read_manifest(path: Path, kind: str) -> dict | None:
+    """The manifest if the cache is complete, else None."""
+    if kind == "zarr":
+        file = path / "manifest.json"
+        text = file.read_text() if file.is_file() else None
+    else:
+        from ltpipe.cache.hdf5_backend import Hdf5Reader
+
+        reader = Hdf5Reader(path)
+        try:
+            text = reader.manifest_json()
+        finally:
+            reader.close()
+    if text is None:
+        return None
+    manifest = json.loads(text)
+    return manifest if manifest.get("complete") is True else None
+
+
+def _is_complete(path: Path, kind: str) -> bool:
+    try:
+        return read_manifest(path, kind) is not None
+    except (OSError, ValueError):
+        return False
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -63,18 +135,19 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+# ----------------------------------------------------------------------- writer
 @dataclass
 class _Stream:
-    """Write state of one array: a buffer of at most one block and a running hash."""
+    """Write state of one array: at most one partial chunk of rows and the chunk checksums."""
 
     tail: tuple[int, ...]
     dtype: np.dtype
-    block_rows: int
+    chunk_rows: int
     expected_rows: int | None
     rows: int = 0
     filled: int = 0
     buffer: np.ndarray | None = None
-    hasher: Any = field(default_factory=hashlib.sha256)
+    sums: list[int] = field(default_factory=list)
 
 
 class CacheWriter:
@@ -94,19 +167,20 @@ class CacheWriter:
     def __init__(self, path: str | os.PathLike, backend: str = "zarr", compression: str = "none",
                  level: int = 1, chunk_mb: float = 1.0, overwrite: bool = False) -> None:
         self.path, self.backend = Path(path), backend
-        mod = _backend(backend)
+        mod = backend_module(backend)
         mod.check_compression(compression)
         if not chunk_mb > 0:
             raise LtpipeError(f"chunk_mb must be > 0, got {chunk_mb!r}")
         self._check_target(overwrite)
         self.overwrite, self.chunk_mb = overwrite, chunk_mb
+        self.checksum = default_checksum()
+        self._sum = checksum_function(self.checksum)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp_sibling(self.path)
         self._impl = (mod.ZarrWriter if backend == "zarr" else mod.Hdf5Writer)(
             self.tmp, compression, level, chunk_mb)
         self._streams: dict[str, _Stream] = {}
         self._small: dict[str, dict[str, Any]] = {}
-        self._pool: Any = None
         self._state = "open"
 
     def _check_target(self, overwrite: bool) -> None:
@@ -134,28 +208,31 @@ class CacheWriter:
         chunk_rows = max(1, math.ceil(self.chunk_mb * 2**20 / row_bytes))
         if expected_rows is not None:
             chunk_rows = max(1, min(chunk_rows, int(expected_rows)))
-        block_rows = self._impl.create(key, tail, dtype, chunk_rows)
-        self._streams[key] = _Stream(tail, dtype, block_rows, expected_rows)
+        self._impl.create(key, tail, dtype, chunk_rows)
+        self._streams[key] = _Stream(tail, dtype, chunk_rows, expected_rows)
 
     def append(self, group: str, name: str, rows: np.ndarray) -> None:
-        """Append rows along axis 0; holds at most one block (a few chunks) in memory."""
+        """Append rows along axis 0; whole chunks go straight to disk, at most one is buffered."""
         key, st = self._stream(group, name)
         rows = self._coerce(key, st, rows)
-        pos = 0
-        while pos < len(rows):
-            if st.filled == 0 and len(rows) - pos >= st.block_rows:  # whole block: no copy
-                self._flush(key, st, rows[pos:pos + st.block_rows])
-                pos += st.block_rows
-                continue
-            if st.buffer is None:
-                st.buffer = np.empty((st.block_rows, *st.tail), st.dtype)
-            take = min(st.block_rows - st.filled, len(rows) - pos)
-            st.buffer[st.filled:st.filled + take] = rows[pos:pos + take]
-            st.filled += take
-            pos += take
-            if st.filled == st.block_rows:
-                self._flush(key, st, st.buffer)
+        pos, n = 0, len(rows)
+        if st.filled:  # complete the pending partial chunk first
+            pos = min(st.chunk_rows - st.filled, n)
+            st.buffer[st.filled:st.filled + pos] = rows[:pos]
+            st.filled += pos
+            if st.filled == st.chunk_rows:
+                self._put(key, st, st.buffer)
                 st.filled = 0
+        whole = (n - pos) // st.chunk_rows * st.chunk_rows
+        step = st.chunk_rows * _CHUNKS_PER_PUT
+        for lo in range(pos, pos + whole, step):  # whole chunks: no copy when contiguous
+            self._put(key, st, rows[lo:min(lo + step, pos + whole)])
+        pos += whole
+        if pos < n:
+            if st.buffer is None:
+                st.buffer = np.empty((st.chunk_rows, *st.tail), st.dtype)
+            st.buffer[:n - pos] = rows[pos:]
+            st.filled = n - pos
 
     def write(self, group: str, name: str, array: np.ndarray) -> None:
         """Write a whole (small) array at once."""
@@ -163,7 +240,8 @@ class CacheWriter:
         if array.ndim == 0:
             key = self._new_key(group, name)
             self._impl.write_small(key, array)
-            self._small[key] = _entry(array.shape, array.dtype, _sha256(array), [])
+            self._small[key] = _entry(array.shape, array.dtype, [],
+                                      self._checksums(1, [self._sum(array)]))
             return
         self.create(group, name, array.shape[1:], array.dtype, expected_rows=len(array))
         self.append(group, name, array)
@@ -187,32 +265,26 @@ class CacheWriter:
         arrays = dict(self._small)
         for key, st in self._streams.items():
             if st.filled:
-                self._flush(key, st, st.buffer[:st.filled])
+                self._put(key, st, st.buffer[:st.filled])
                 st.filled, st.buffer = 0, None
             if st.expected_rows is not None and st.rows != st.expected_rows:
                 raise LtpipeError(f"{key}: {st.rows} rows were appended but expected_rows was "
                                   f"{st.expected_rows}; the dump stopped early or miscounted")
             self._impl.finish(key, st.rows)
-            arrays[key] = _entry((st.rows, *st.tail), st.dtype, st.hasher.hexdigest(),
-                                 self._impl.chunks(key))
+            arrays[key] = _entry((st.rows, *st.tail), st.dtype, self._impl.chunks(key),
+                                 self._checksums(st.chunk_rows, st.sums))
         full = {**manifest, "format_version": CACHE_FORMAT_VERSION, "backend": self.backend,
                 "arrays": dict(sorted(arrays.items())), "complete": True}
         text = json.dumps(full, indent=2, sort_keys=True, default=_json_default) + "\n"
         self._impl.finalize(text)
-        self._close()
-        return text
-
-    def _close(self) -> None:
         self._impl.close()
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        return text
 
     def abort(self) -> None:
         """Discard everything written so far (nothing appears at the final path)."""
         if self._state == "open":
             self._state = "aborted"
-        self._close()
+        self._impl.close()
         _remove(self.tmp)
 
     def __enter__(self) -> CacheWriter:
@@ -255,19 +327,17 @@ class CacheWriter:
             rows = rows.astype(st.dtype)
         return rows
 
-    def _flush(self, key: str, st: _Stream, block: np.ndarray) -> None:
-        """Write one block; its sha256 update runs in a thread meanwhile (both release the GIL)."""
+    def _put(self, key: str, st: _Stream, block: np.ndarray) -> None:
+        """Checksum and write whole chunks (or the array's last, partial one)."""
         block = np.ascontiguousarray(block)
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-hash")
-        hashing = self._pool.submit(st.hasher.update, memoryview(block).cast("B"))
-        try:
-            self._impl.write_block(key, st.rows, block)
-        finally:
-            hashing.result()
+        size = st.chunk_rows
+        st.sums.extend(self._sum(block[lo:lo + size]) for lo in range(0, len(block), size))
+        self._impl.write_chunks(key, st.rows // size, block)
         st.rows += len(block)
+
+    def _checksums(self, chunk_rows: int, values: list[int]) -> dict[str, Any]:
+        return {"algorithm": self.checksum, "chunk_rows": int(chunk_rows),
+                "values": [int(v) for v in values]}
 
     def _move_into_place(self) -> None:
         old = None
@@ -281,168 +351,7 @@ class CacheWriter:
             _remove(old)
 
 
-def _sha256(array: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(array)).cast("B")).hexdigest()
-
-
-def _entry(shape: tuple, dtype: np.dtype, sha: str, chunks: list[int]) -> dict[str, Any]:
-    return {"shape": [int(d) for d in shape], "dtype": np.dtype(dtype).str, "sha256": sha,
-            "chunks": [int(c) for c in chunks]}
-
-
-def _read_manifest(path: Path, kind: str) -> dict | None:
-    """The manifest if the cache is complete, else None."""
-    if kind == "zarr":
-        file = path / "manifest.json"
-        text = file.read_text() if file.is_file() else None
-    else:
-        from ltpipe.cache.hdf5_backend import Hdf5Reader
-
-        reader = Hdf5Reader(path)
-        try:
-            text = reader.manifest_json()
-        finally:
-            reader.close()
-    if text is None:
-        return None
-    manifest = json.loads(text)
-    return manifest if manifest.get("complete") is True else None
-
-
-def _is_complete(path: Path, kind: str) -> bool:
-    try:
-        return _read_manifest(path, kind) is not None
-    except (OSError, ValueError):
-        return False
-
-
-class CacheReader:
-    """Read access to a committed cache; get one from :func:`open_cache`."""
-
-    def __init__(self, path: Path, backend: str, manifest: dict) -> None:
-        self.path, self.backend, self.manifest = path, backend, manifest
-        mod = _backend(backend)
-        self._impl = mod.ZarrReader(path) if backend == "zarr" else mod.Hdf5Reader(path)
-        self._arrays: dict[str, dict] = manifest.get("arrays", {})
-
-    def groups(self) -> list[str]:
-        """Sorted group names."""
-        return sorted({key.split("/")[0] for key in self._arrays})
-
-    def names(self, group: str) -> list[str]:
-        """Sorted array names in ``group``."""
-        names = sorted(k.split("/")[1] for k in self._arrays if k.split("/")[0] == group)
-        if not names:
-            raise CacheError(f"group {group!r} is not in {self.path}; groups: {self.groups()}")
-        return names
-
-    def _entry(self, group: str, name: str) -> tuple[str, dict]:
-        key = f"{group}/{name}"
-        if key not in self._arrays:
-            raise CacheError(f"array {key!r} is not in {self.path}; arrays: {sorted(self._arrays)}"
-                             f". {FIX} if the dump should have written it")
-        return key, self._arrays[key]
-
-    def shape(self, group: str, name: str) -> tuple[int, ...]:
-        return tuple(self._entry(group, name)[1]["shape"])
-
-    def dtype(self, group: str, name: str) -> np.dtype:
-        return np.dtype(self._entry(group, name)[1]["dtype"])
-
-    def read(self, group: str, name: str,
-             rows: slice | np.ndarray | None = None) -> np.ndarray:
-        """The whole array (``rows=None``), a slice of rows, or rows picked by index/bool mask."""
-        key, entry = self._entry(group, name)
-        shape = tuple(entry["shape"])
-        if not shape:
-            return self._impl.read_range(key, 0, 0)
-        n = shape[0]
-        if rows is None:
-            return self._impl.read_range(key, 0, n)
-        if isinstance(rows, slice):
-            start, stop, step = rows.indices(n)
-            if step == 1:
-                return self._impl.read_range(key, start, max(start, stop))
-            rows = np.arange(start, stop, step)
-        return self._gather(key, shape, _row_indices(key, rows, n))
-
-    def _gather(self, key: str, shape: tuple, idx: np.ndarray) -> np.ndarray:
-        uniq, inverse = np.unique(idx, return_inverse=True)
-        out = np.empty((len(uniq), *shape[1:]), np.dtype(self._arrays[key]["dtype"]))
-        block = self._impl.block_rows(key)
-        pos = 0
-        while pos < len(uniq):  # one contiguous read per block that holds selected rows
-            end = int(np.searchsorted(uniq, (uniq[pos] // block + 1) * block))
-            lo, hi = int(uniq[pos]), int(uniq[end - 1]) + 1
-            out[pos:end] = self._impl.read_range(key, lo, hi)[uniq[pos:end] - lo]
-            pos = end
-        return out[inverse.reshape(-1)]
-
-    def iter_chunks(self, group: str, name: str,
-                    rows_per_chunk: int | None = None) -> Iterator[np.ndarray]:
-        """Consecutive row blocks that concatenate to :meth:`read` (default: storage blocks)."""
-        key, entry = self._entry(group, name)
-        shape = tuple(entry["shape"])
-        if not shape:
-            yield self._impl.read_range(key, 0, 0)
-            return
-        step = int(rows_per_chunk or self._impl.block_rows(key))
-        if step < 1:
-            raise LtpipeError(f"rows_per_chunk must be >= 1, got {rows_per_chunk}")
-        for start in range(0, shape[0], step):
-            yield self._impl.read_range(key, start, min(shape[0], start + step))
-
-    def close(self) -> None:
-        self._impl.close()
-
-    def __enter__(self) -> CacheReader:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-def _row_indices(key: str, rows: Any, n: int) -> np.ndarray:
-    idx = np.asarray(rows)
-    if idx.dtype == bool:
-        if idx.shape != (n,):
-            raise LtpipeError(f"{key}: boolean row mask has shape {idx.shape}, expected ({n},)")
-        return np.flatnonzero(idx)
-    if idx.dtype.kind not in "iu" or idx.ndim != 1:
-        raise LtpipeError(f"{key}: rows must be a slice, a 1-d integer array or a bool mask, "
-                          f"got {idx.dtype} of shape {idx.shape}")
-    idx = np.where(idx < 0, idx + n, idx)
-    if idx.size and (idx.min() < 0 or idx.max() >= n):
-        raise LtpipeError(f"{key}: row indices must lie in [-{n}, {n}), got {rows}")
-    return idx.astype(np.int64)
-
-
-def _normalize(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=_json_default))
-
-
-def open_cache(path: str | os.PathLike, expect: dict | None = None) -> CacheReader:
-    """Open a complete cache, checking that ``expect``'s keys match its manifest.
-
-    Raises:
-        CacheError: the path is missing, not a cache, incomplete, or differs from ``expect``.
-    """
-    path = Path(path)
-    if not (path.exists() or path.is_symlink()):
-        raise CacheError(f"no cache at {path}; {FIX}")
-    kind = detect_backend(path)
-    if kind is None:
-        raise CacheError(f"{path} is neither a zarr directory nor an HDF5 file; {FIX}")
-    try:
-        manifest = _read_manifest(path, kind)
-    except (OSError, ValueError) as err:
-        raise CacheError(f"cannot read the manifest of {path} ({err}); {FIX}") from err
-    if manifest is None:
-        raise CacheError(f"{path} is incomplete (no manifest marked complete: the dump did not "
-                         f"finish); {FIX}")
-    for key, want in (expect or {}).items():
-        found = manifest.get(key, "<missing>")
-        if _normalize(want) != found:
-            raise CacheError(f"{path}: manifest key {key!r} is {found!r}, expected {want!r}; "
-                             f"the cache was made with other settings, {FIX}")
-    return CacheReader(path, kind, manifest)
+def _entry(shape: tuple, dtype: np.dtype, chunks: list[int],
+           checksum: dict[str, Any]) -> dict[str, Any]:
+    return {"shape": [int(d) for d in shape], "dtype": np.dtype(dtype).str,
+            "chunks": [int(c) for c in chunks], "checksum": checksum}

@@ -1,10 +1,11 @@
 """zarr v3 backend of the feature cache: sharded arrays chunked along axis 0.
 
 The metadata (``zarr.json``) is written by zarr itself; the shards of streamed arrays are encoded
-here, one whole shard per write, in the zarr v3 sharding layout (inner codecs ``bytes`` + the
+here, chunk by chunk as rows arrive, in the zarr v3 sharding layout (inner codecs ``bytes`` + the
 chosen compressor, index ``bytes`` + ``crc32c`` at the end of the shard). Going around zarr's
-per-chunk async machinery makes writes and whole-array reads several times faster; any zarr v3
-reader opens the result (a test checks this). Arrays in another layout are read through zarr.
+per-chunk async machinery makes writes and whole-array reads several times faster: uncompressed
+shards are read with one ``preadv`` straight into the output array. Any zarr v3 reader opens the
+result (a test checks this). Arrays in another layout are read through zarr.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +72,23 @@ def _shard_path(array_dir: Path, shard_index: int, ndim: int) -> Path:
     return array_dir.joinpath("c", str(shard_index), *(["0"] * (ndim - 1)))
 
 
+@dataclass
+class _Shard:
+    """The shard file being written: its number, handle and chunk index (offset, nbytes)."""
+
+    number: int
+    fh: Any
+    index: np.ndarray = field(default_factory=lambda: np.full((CHUNKS_PER_SHARD, 2), _EMPTY,
+                                                              "<u8"))
+    offset: int = 0
+
+
 class ZarrWriter:
-    """Writes arrays under a temporary zarr v3 directory; see :class:`ltpipe.cache.CacheWriter`."""
+    """Writes arrays under a temporary zarr v3 directory; see :class:`ltpipe.cache.CacheWriter`.
+
+    Chunks go to their shard file as they come; a shard's index is written when the next shard
+    starts or the array is finished.
+    """
 
     def __init__(self, root: Path, compression: str, level: int, chunk_mb: float) -> None:
         import zarr
@@ -81,42 +98,50 @@ class ZarrWriter:
         self._group = zarr.open_group(str(self.root), mode="w", zarr_format=3)
         self._arrays: dict[str, Any] = {}
         self._codec: dict[str, Any] = {}
+        self._shard: dict[str, _Shard] = {}
 
-    def create(self, key: str, tail: tuple[int, ...], dtype: np.dtype, chunk_rows: int) -> int:
-        """Create an empty array of ``chunk_rows``-row chunks; returns the rows per write block."""
+    def create(self, key: str, tail: tuple[int, ...], dtype: np.dtype, chunk_rows: int) -> None:
+        """Create an empty array of ``chunk_rows``-row chunks, ``CHUNKS_PER_SHARD`` per shard."""
         group, name = key.split("/")
-        shard_rows = chunk_rows * CHUNKS_PER_SHARD
         arr = self._group.require_group(group).create_array(
             name, shape=(0, *tail), dtype=dtype, chunks=(chunk_rows, *tail),
-            shards=(shard_rows, *tail), compressors=_zarr_codec(self.compression, self.level),
-            fill_value=0)
+            shards=(chunk_rows * CHUNKS_PER_SHARD, *tail),
+            compressors=_zarr_codec(self.compression, self.level), fill_value=0)
         self._arrays[key] = arr
         self._codec[key] = _numcodec(_inner_codecs(arr.metadata.to_dict())[1])
-        return shard_rows
 
-    def write_block(self, key: str, start: int, block: np.ndarray) -> None:
-        """Write one whole shard: ``block`` holds rows ``start:start+len(block)`` of the array."""
-        arr = self._arrays[key]
-        chunk_rows, shard_rows = arr.chunks[0], arr.shards[0]
+    def write_chunks(self, key: str, first: int, block: np.ndarray) -> None:
+        """Write chunks ``first, first+1, ...``: whole chunks, or the array's last partial one."""
+        chunk_rows = self._arrays[key].chunks[0]
+        block = np.ascontiguousarray(block.astype(block.dtype.newbyteorder("<"), copy=False))
+        for j, lo in enumerate(range(0, len(block), chunk_rows)):
+            self._write_chunk(key, first + j, block[lo:lo + chunk_rows], chunk_rows)
+
+    def _write_chunk(self, key: str, number: int, chunk: np.ndarray, chunk_rows: int) -> None:
+        shard_number, slot = divmod(number, CHUNKS_PER_SHARD)
+        shard = self._shard.get(key)
+        if shard is None or shard.number != shard_number:
+            self._close_shard(key)
+            path = _shard_path(self.root / key, shard_number, chunk.ndim)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shard = self._shard[key] = _Shard(shard_number, open(path, "wb"))
+        if len(chunk) < chunk_rows:  # the array's last chunk is stored full size, zero padded
+            padded = np.zeros((chunk_rows, *chunk.shape[1:]), chunk.dtype)
+            padded[:len(chunk)] = chunk
+            chunk = padded
         codec = self._codec[key]
-        block = block.astype(block.dtype.newbyteorder("<"), copy=False)
-        parts, index, offset = [], np.full((CHUNKS_PER_SHARD, 2), _EMPTY, "<u8"), 0
-        for i, lo in enumerate(range(0, len(block), chunk_rows)):
-            chunk = block[lo:lo + chunk_rows]
-            if len(chunk) < chunk_rows:  # the array's last chunk is stored full size, zero padded
-                chunk = np.concatenate([chunk, np.zeros((chunk_rows - len(chunk), *chunk.shape[1:]),
-                                                        chunk.dtype)])
-            data = memoryview(np.ascontiguousarray(chunk)).cast("B")
-            data = data if codec is None else codec.encode(data)
-            parts.append(data)
-            index[i] = offset, len(data)
-            offset += len(data)
-        index_bytes = index.tobytes()
-        parts += [index_bytes, _crc32c(index_bytes)]
-        path = _shard_path(self.root / key, start // shard_rows, block.ndim)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as fh:
-            fh.writelines(parts)
+        data = memoryview(chunk).cast("B") if codec is None else codec.encode(chunk)
+        shard.fh.write(data)
+        shard.index[slot] = shard.offset, len(data)
+        shard.offset += len(data)
+
+    def _close_shard(self, key: str) -> None:
+        shard = self._shard.pop(key, None)
+        if shard is None:
+            return
+        index_bytes = shard.index.tobytes()
+        with shard.fh:
+            shard.fh.write(index_bytes + _crc32c(index_bytes))
 
     def write_small(self, key: str, array: np.ndarray) -> None:
         """Write a 0-d array through zarr itself."""
@@ -127,11 +152,12 @@ class ZarrWriter:
         self._arrays[key] = arr
 
     def chunks(self, key: str) -> list[int]:
-        arr = self._arrays[key]
-        return list(arr.chunks)
+        """The inner chunk shape of ``key``."""
+        return list(self._arrays[key].chunks)
 
     def finish(self, key: str, rows: int) -> None:
-        """Set the final number of rows of a streamed array."""
+        """Close the last shard and set the final number of rows of a streamed array."""
+        self._close_shard(key)
         arr = self._arrays[key]
         if arr.ndim:
             arr.resize((rows, *arr.shape[1:]))
@@ -144,6 +170,10 @@ class ZarrWriter:
             os.fsync(fh.fileno())
 
     def close(self) -> None:
+        """Close open shard files (an aborted write leaves them to be removed)."""
+        for shard in self._shard.values():
+            shard.fh.close()
+        self._shard.clear()
         self._arrays.clear()
 
 
@@ -181,66 +211,54 @@ class _FastArray:
         self.per_shard = self.shard_rows // self.chunk_rows
         self.codec = _numcodec(comp)
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        out = np.empty((stop - start, *self.shape[1:]), self.dtype)
-        c0, c1 = start // self.chunk_rows, -(-stop // self.chunk_rows)
-        for shard in range(c0 // self.per_shard, (c1 - 1) // self.per_shard + 1 if c1 > c0 else 0):
-            self._read_shard(shard, start, stop, out)
-        return out
+    def read_into(self, start: int, stop: int, out: np.ndarray) -> None:
+        """Fill ``out`` (rows ``start:stop``, C-contiguous) shard by shard, without copies."""
+        if stop <= start:
+            return
+        for shard in range(start // self.shard_rows, (stop - 1) // self.shard_rows + 1):
+            fd = os.open(_shard_path(self.dir, shard, len(self.shape)), os.O_RDONLY)
+            try:
+                self._read_shard(fd, shard, start, stop, out)
+            finally:
+                os.close(fd)
 
-    def _read_shard(self, shard: int, start: int, stop: int, out: np.ndarray) -> None:
-        path = _shard_path(self.dir, shard, len(self.shape))
+    def _read_shard(self, fd: int, shard: int, start: int, stop: int, out: np.ndarray) -> None:
+        from ltpipe.cache.reader import pread_into
+
         nidx = 16 * self.per_shard
-        with open(path, "rb") as fh:
-            fh.seek(-(nidx + 4), os.SEEK_END)
-            raw = fh.read(nidx + 4)
-            if _crc32c(raw[:nidx]) != raw[nidx:]:
-                raise OSError(f"shard index checksum mismatch in {path}")
-            index = np.frombuffer(raw[:nidx], "<u8").reshape(-1, 2)
-            if self._read_contiguous(fh, index, shard, start, stop, out):
-                return
-            for j, (off, nbytes) in enumerate(index):
-                lo = (shard * self.per_shard + j) * self.chunk_rows
-                a, b = max(lo, start), min(lo + self.chunk_rows, stop)
-                if a >= b:
-                    continue
-                if off == _EMPTY:
-                    out[a - start:b - start] = 0
-                    continue
-                fh.seek(int(off))
-                self._decode_into(fh, int(nbytes), lo, a, b, out[a - start:b - start])
-
-    def _read_contiguous(self, fh: Any, index: np.ndarray, shard: int, start: int, stop: int,
-                         out: np.ndarray) -> bool:
-        """One read for uncompressed chunks stored back to back (what ZarrWriter writes)."""
+        size = os.fstat(fd).st_size
+        raw = os.pread(fd, nidx + 4, size - nidx - 4) if size >= nidx + 4 else b""
+        if len(raw) != nidx + 4 or _crc32c(raw[:nidx]) != raw[nidx:]:
+            raise OSError(f"shard index checksum mismatch in {self.dir} shard {shard}")
+        index = np.frombuffer(raw[:nidx], "<u8").reshape(-1, 2)
         lo = shard * self.shard_rows
-        chunk_bytes = self.chunk_rows * out[:1].nbytes
         a, b = max(lo, start), min(lo + self.shard_rows, stop)
-        first, last = (a - lo) // self.chunk_rows, (b - 1 - lo) // self.chunk_rows
+        row_bytes = out[:1].nbytes
+        if self._back_to_back(index, (a - lo) // self.chunk_rows, (b - 1 - lo) // self.chunk_rows,
+                              self.chunk_rows * row_bytes):
+            pread_into(fd, out[a - start:b - start], (a - lo) * row_bytes)
+            return
+        for j, (off, nbytes) in enumerate(index):
+            c0 = lo + j * self.chunk_rows
+            ca, cb = max(c0, start), min(c0 + self.chunk_rows, stop)
+            if ca >= cb:
+                continue
+            dst = out[ca - start:cb - start]
+            if off == _EMPTY:
+                dst[...] = 0
+            elif self.codec is None:
+                pread_into(fd, dst, int(off) + (ca - c0) * row_bytes)
+            else:
+                chunk = np.empty((self.chunk_rows, *self.shape[1:]), self.dtype)
+                self.codec.decode(os.pread(fd, int(nbytes), int(off)), out=chunk)
+                dst[...] = chunk[ca - c0:cb - c0]
+
+    def _back_to_back(self, index: np.ndarray, first: int, last: int, chunk_bytes: int) -> bool:
+        """Whether chunks first..last are uncompressed and stored in order from offset 0."""
         wanted = index[first:last + 1]
         expect = np.arange(first, last + 1, dtype="<u8") * chunk_bytes
-        if self.codec is not None or not (np.array_equal(wanted[:, 0], expect)
-                                          and (wanted[:, 1] == chunk_bytes).all()):
-            return False
-        fh.seek((a - lo) * out[:1].nbytes)
-        fh.readinto(memoryview(out[a - start:b - start]).cast("B"))
-        return True
-
-    def _decode_into(self, fh: Any, nbytes: int, lo: int, a: int, b: int, dst: np.ndarray) -> None:
-        whole = a == lo and b - a == self.chunk_rows
-        if self.codec is None and whole:
-            fh.readinto(memoryview(dst).cast("B"))
-            return
-        data = fh.read(nbytes)
-        if self.codec is None:
-            chunk = np.frombuffer(data, self.dtype).reshape(self.chunk_rows, *self.shape[1:])
-        elif whole:
-            self.codec.decode(data, out=dst)
-            return
-        else:
-            chunk = np.empty((self.chunk_rows, *self.shape[1:]), self.dtype)
-            self.codec.decode(data, out=chunk)
-        dst[...] = chunk[a - lo:b - lo]
+        return self.codec is None and bool(np.array_equal(wanted[:, 0], expect)
+                                           and (wanted[:, 1] == chunk_bytes).all())
 
 
 class ZarrReader:
@@ -271,9 +289,12 @@ class ZarrReader:
                                                     self._slow(key).chunks or (1,))[0])
 
     def read_range(self, key: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of ``key`` (the value itself for a 0-d array)."""
         fast = self._array(key)
         if fast is not None:
-            return fast.read(start, stop)
+            out = np.empty((stop - start, *fast.shape[1:]), fast.dtype)
+            fast.read_into(start, stop, out)
+            return out
         arr = self._slow(key)
         return np.asarray(arr[...] if arr.ndim == 0 else arr[start:stop])
 

@@ -1,0 +1,99 @@
+"""Command-line entry points of the report stage: ``plot <kind>`` and ``compare``.
+
+Registered into the ``ltpipe`` command by :func:`add_subcommands`; also runnable on its own as
+``python -m ltpipe.report.cli plot perclass --metrics ... --out x.png`` (what the rules call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ltpipe.utils import LtpipeError
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from ltpipe.report import plots
+
+    kind = args.plot_kind
+    if kind == "perclass":
+        plots.plot_per_class(args.metrics, args.out)
+    elif kind == "sweep":
+        plots.plot_sweep(args.metrics, args.out, args.classifier)
+    elif kind == "wnorm":
+        plots.plot_weight_norms(args.metrics, args.caches, args.out)
+    elif kind == "confusion":
+        plots.plot_confusion(args.metrics, args.caches, args.out)
+    else:
+        plots.plot_tsne(args.caches, args.out, title=args.title, max_points=args.max_points,
+                        seed=args.seed, w1=args.w1, normalize=args.normalize)
+    print(f"plot {kind}: wrote {args.out}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from ltpipe.report.published import write_comparison
+
+    traits = json.loads(args.traits)
+    table = write_comparison(args.published, args.summary, traits, args.csv, args.md, args.html)
+    print(f"compare: {sum(r['ours'] != 'not run' for r in table)} of {len(table)} published "
+          f"rows matched; wrote {args.csv}, {args.md}")
+
+
+def add_subcommands(subparsers) -> None:
+    """Add ``plot`` (perclass | sweep | wnorm | confusion | tsne) and ``compare``."""
+    p = subparsers.add_parser("plot", help="draw one report figure (PNG)")
+    kinds = p.add_subparsers(dest="plot_kind", required=True)
+    specs = {
+        "perclass": "per-class test accuracy against class size, per method",
+        "sweep": "accuracy (all / many / medium / few) along one classifier entry's sweep",
+        "wnorm": "per-class classifier weight norms sorted by class size",
+        "confusion": "row-normalised test confusion matrices (C <= 20)",
+        "tsne": "2-D t-SNE of cached test features (one cache, or two fused with --w1)",
+    }
+    for kind, text in specs.items():
+        k = kinds.add_parser(kind, help=text)
+        k.add_argument("--out", required=True, help="the PNG to write")
+        if kind != "tsne":
+            k.add_argument("--metrics", nargs="+", required=True, help="metrics.json files")
+        if kind in {"wnorm", "confusion", "tsne"}:
+            k.add_argument("--caches", nargs="+", required=kind != "wnorm", default=[],
+                           help="feature caches (.../s{split}/{backbone}/t{seed}/cache.*)")
+        if kind == "sweep":
+            k.add_argument("--classifier", required=True, help="the swept classifier entry")
+        if kind == "tsne":
+            k.add_argument("--title", default="")
+            k.add_argument("--max-points", type=int, default=1000)
+            k.add_argument("--seed", type=int, default=0)
+            k.add_argument("--w1", type=float, default=None,
+                           help="fusion weight of the first cache (FFN: the KPS backbone)")
+            k.add_argument("--normalize", action="store_true",
+                           help="L2-normalise both features before fusing (FFN reference)")
+        k.set_defaults(func=_plot)
+
+    c = subparsers.add_parser("compare", help="published numbers beside ours (CSV + Markdown)")
+    c.add_argument("--published", required=True, help="workflow/published_results.yaml")
+    c.add_argument("--summary", required=True, help="results/summary.csv")
+    c.add_argument("--traits", required=True,
+                   help="JSON: {datasets: {name: source}, backbones: {name: {architecture, "
+                        "loss, mixup, afa}}} (ltpipe.report.targets.run_traits)")
+    c.add_argument("--csv", required=True)
+    c.add_argument("--md", required=True)
+    c.add_argument("--html", default=None, help="also an HTML page of both tables")
+    c.set_defaults(func=_compare)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ltpipe.report.cli", description=__doc__.splitlines()[0])
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except LtpipeError as err:
+        print(f"ltpipe {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Which plots a config asks for, and which files each plot job reads (used by rules/report.smk).
+
+Plots aggregate over split and training seeds, so they live beside the splits:
+``{results}/{dataset}/if{imb}/plots/``. A *group* is the backbone set a classifier entry reads,
+joined by ``+`` (``ce``, or ``kps+ce`` for FFN); per-class, confusion and weight-norm plots are
+drawn per group, with the ``joint`` entries on the group's backbones as the baseline.
+"""
+
+from __future__ import annotations
+
+from ltpipe.config import (
+    cache_path,
+    classifier_datasets,
+    classifier_seeds,
+    splits,
+    sweep_points,
+)
+
+# Number of classes per data source: a confusion matrix is drawn only where C <= CONFUSION_MAX.
+NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
+               "imagenet_lt": 1000, "places_lt": 365, "inat2018": 8142}
+CONFUSION_MAX = 20
+
+
+def group_of(cfg: dict, clf: str) -> str:
+    """The group tag of a classifier entry: its backbones joined by '+'."""
+    return "+".join(cfg["classifiers"][clf]["backbones"])
+
+
+def _results(cfg: dict) -> str:
+    return cfg.get("results", "results")
+
+
+def _split_dirs(cfg: dict, dataset: str, imb: str) -> list[tuple[int, str]]:
+    return [(k.split_seed, k.dir) for k in splits(cfg) if k.dataset == dataset and k.imb == imb]
+
+
+def _entries(cfg: dict, dataset: str) -> list[str]:
+    return [c for c in cfg["classifiers"] if dataset in classifier_datasets(cfg, c)]
+
+
+def groups(cfg: dict, dataset: str) -> list[str]:
+    """Backbone groups of the classifier entries that run on ``dataset`` (config order)."""
+    out: list[str] = []
+    for clf in _entries(cfg, dataset):
+        g = group_of(cfg, clf)
+        if g not in out:
+            out.append(g)
+    return out
+
+
+def group_entries(cfg: dict, dataset: str, group: str) -> list[str]:
+    """The group's classifier entries plus the joint entries on each of its backbones."""
+    members = set(group.split("+"))
+    out = []
+    for clf in _entries(cfg, dataset):
+        ccfg = cfg["classifiers"][clf]
+        if group_of(cfg, clf) == group or (
+                ccfg["method"] == "joint" and set(ccfg["backbones"]) <= members):
+            out.append(clf)
+    return out
+
+
+def sweep_entries(cfg: dict, dataset: str, clf: str) -> list[str]:
+    """A swept entry plus the joint entries on its backbones (the sweep plot's baseline)."""
+    joint = [c for c in group_entries(cfg, dataset, group_of(cfg, clf))
+             if cfg["classifiers"][c]["method"] == "joint"]
+    return [clf, *(c for c in joint if c != clf)]
+
+
+def swept_entries(cfg: dict, dataset: str) -> list[str]:
+    """Classifier entries with more than one sweep point."""
+    return [c for c in _entries(cfg, dataset)
+            if len(sweep_points(cfg["classifiers"][c].get("settings", {}))) > 1]
+
+
+def entry_files(cfg: dict, dataset: str, imb: str, clf: str, name: str) -> list[str]:
+    """``name`` (metrics.json / logits.npz) of every split seed, training seed and point."""
+    points = [p for p, _ in sweep_points(cfg["classifiers"][clf].get("settings", {}))]
+    return [f"{_results(cfg)}/{d}/cls/{clf}/t{seed}/{p}/{name}"
+            for _, d in _split_dirs(cfg, dataset, imb)
+            for seed in classifier_seeds(cfg, clf) for p in points]
+
+
+def metrics_of(cfg: dict, dataset: str, imb: str, entries: list[str]) -> list[str]:
+    return [f for c in entries for f in entry_files(cfg, dataset, imb, c, "metrics.json")]
+
+
+def logits_of(cfg: dict, dataset: str, imb: str, entries: list[str]) -> list[str]:
+    return [f for c in entries for f in entry_files(cfg, dataset, imb, c, "logits.npz")]
+
+
+def group_caches(cfg: dict, dataset: str, imb: str, group: str) -> list[str]:
+    """Caches of the group's backbones for every split seed and every seed its entries use."""
+    seeds: set[int] = set()
+    for clf in group_entries(cfg, dataset, group):
+        seeds |= set(classifier_seeds(cfg, clf))
+    return [cache_path(cfg, d, b, s) for _, d in _split_dirs(cfg, dataset, imb)
+            for b in group.split("+") for s in sorted(seeds)]
+
+
+def tsne_backbones(cfg: dict, dataset: str) -> list[str]:
+    """Stage-one recipes read by any classifier entry on ``dataset``."""
+    out: list[str] = []
+    for clf in _entries(cfg, dataset):
+        for b in cfg["classifiers"][clf]["backbones"]:
+            if b not in out:
+                out.append(b)
+    return out
+
+
+def first_run(cfg: dict, dataset: str, imb: str, backbones: list[str]) -> tuple[str, int]:
+    """(split dir, training seed) of the first split seed and the first seed all backbones share."""
+    seeds = None
+    for b in backbones:
+        s = cfg["backbones"][b].get("seeds", [0])
+        seeds = list(s) if seeds is None else [x for x in seeds if x in s]
+    return _split_dirs(cfg, dataset, imb)[0][1], (seeds or [0])[0]
+
+
+def tsne_caches(cfg: dict, dataset: str, imb: str, backbones: list[str]) -> list[str]:
+    d, seed = first_run(cfg, dataset, imb, backbones)
+    return [cache_path(cfg, d, b, seed) for b in backbones]
+
+
+def fused_entries(cfg: dict, dataset: str) -> list[str]:
+    return [c for c in _entries(cfg, dataset) if cfg["classifiers"][c]["method"] == "ffn"]
+
+
+def fusion_settings(cfg: dict, clf: str) -> dict:
+    """w1 and whether features are L2-normalised first (FFN's first sweep point)."""
+    settings = sweep_points(cfg["classifiers"][clf].get("settings", {}))[0][1]
+    return {"w1": float(settings.get("w1", 0.9)),
+            "normalize": settings.get("variant", "paper") == "reference"}
+
+
+def plot_targets(cfg: dict) -> list[str]:
+    """Every plot and table the report rules make for this config."""
+    res = _results(cfg)
+    out = [f"{res}/comparison.csv", f"{res}/comparison.md", f"{res}/tables.html"]
+    seen = set()
+    for key in splits(cfg):
+        if (key.dataset, key.imb) in seen:
+            continue
+        seen.add((key.dataset, key.imb))
+        base = f"{res}/{key.dataset}/if{key.imb}/plots"
+        source = cfg["datasets"][key.dataset]["source"]
+        for g in groups(cfg, key.dataset):
+            out += [f"{base}/perclass_{g}.png", f"{base}/wnorm_{g}.png"]
+            if NUM_CLASSES.get(source, CONFUSION_MAX + 1) <= CONFUSION_MAX:
+                out.append(f"{base}/confusion_{g}.png")
+        out += [f"{base}/sweep_{c}.png" for c in swept_entries(cfg, key.dataset)]
+        out += [f"{base}/tsne_backbone_{b}.png" for b in tsne_backbones(cfg, key.dataset)]
+        out += [f"{base}/tsne_fused_{c}.png" for c in fused_entries(cfg, key.dataset)]
+    return out
+
+
+def run_traits(cfg: dict) -> dict:
+    """What the comparison table matches on: each data set's source and each recipe's traits."""
+    return {
+        "datasets": {name: ds["source"] for name, ds in cfg["datasets"].items()},
+        "backbones": {
+            name: {"architecture": rc["backbone"], "loss": rc.get("loss", "ce"),
+                   "mixup": float(rc.get("mixup_alpha", 0.0) or 0.0) > 0,
+                   "afa": bool(rc.get("afa"))}
+            for name, rc in cfg["backbones"].items()
+        },
+    }
+

@@ -1,0 +1,116 @@
+"""Dumping a trained backbone into the cache, and a classifier job reading it back."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ltpipe.cache import open_cache, verify_cache
+from ltpipe.cache.dump import class_activation_maps, dump_cache
+from ltpipe.classifiers.job import run_classifier_job
+from ltpipe.data import build_split, read_split, split_data, write_split
+from ltpipe.train.stage1 import load_checkpoint, train_stage1
+from ltpipe.utils import LtpipeError
+
+RECIPE = {"backbone": "resnet8", "backbone_kwargs": {"strides": [1, 1, 2]}, "epochs": 1,
+          "warmup_epochs": 0,
+          "batch_size": 64, "lr": 0.05}
+DS = {"source": "digits", "shot_thresholds": {"many": 50, "few": 20}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dump")
+    split = build_split("digits", DS, 10.0, 0)
+    write_split(d / "split.npz", split)
+    train_stage1(d / "split.npz", RECIPE, d / "model.pt", seed=0, threads=1)
+    return d
+
+
+def test_cam_known_answer():
+    fmap = torch.zeros(1, 2, 2, 2)
+    fmap[0, 0] = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    fmap[0, 1] = torch.tensor([[4.0, 0.0], [0.0, 0.0]])
+    weight = torch.tensor([[1.0, 0.0], [1.0, -1.0]])
+    cam0 = class_activation_maps(fmap, weight, torch.tensor([0]))
+    assert torch.allclose(cam0[0], torch.tensor([[0.0, 1 / 3], [2 / 3, 1.0]]))
+    # class 1: M = F0 - F1 = [[-3, 2], [3, 4]] -> (M + 3) / 7
+    cam1 = class_activation_maps(fmap, weight, torch.tensor([1]))
+    assert torch.allclose(cam1[0], torch.tensor([[0.0, 5 / 7], [6 / 7, 1.0]]))
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_dump_contents(trained, tmp_path, backend):
+    ext = "zarr" if backend == "zarr" else "h5"
+    out = tmp_path / f"cache.{ext}"
+    settings = {"backend": backend, "compression": "none", "fmap_dtype": "float16",
+                "batch_size": 100, "augmented_views": 1}
+    manifest = dump_cache(trained / "split.npz", trained / "model.pt", out, settings,
+                          log=lambda *_: None)
+    split = read_split(trained / "split.npz")
+    assert verify_cache(out) == []
+    model, meta = load_checkpoint(trained / "model.pt")
+    with open_cache(out, expect={"split_fingerprint": split.fingerprint}) as r:
+        n_train = int(split.class_counts.sum())
+        assert r.shape("train", "pooled") == (n_train, model.feature_dim)
+        assert r.shape("train", "fmap") == (n_train, model.feature_dim, 4, 4)
+        assert r.dtype("train", "fmap") == np.float16
+        assert r.shape("test", "logits") == (300, 10)
+        assert r.shape("train_aug", "pooled") == (n_train, model.feature_dim)
+        labels = r.read("test", "labels")
+        np.testing.assert_array_equal(labels, split_data(split, "test").labels)
+        pooled = r.read("test", "pooled")
+        w, b = r.read("head", "weight"), r.read("head", "bias")
+        np.testing.assert_allclose(r.read("test", "logits"), pooled @ w.T + b, rtol=1e-4,
+                                   atol=1e-4)
+        fmap = r.read("test", "fmap").astype(np.float32)
+        np.testing.assert_allclose(fmap.mean((2, 3)), pooled, rtol=1e-2, atol=1e-2)
+        cam = r.read("test", "cam")
+        assert cam.min() >= 0.0 and cam.max() <= 1.0 + 1e-6
+        np.testing.assert_allclose(cam.reshape(len(cam), -1).max(1), 1.0, atol=1e-5)
+        np.testing.assert_array_equal(r.read("meta", "class_counts"), split.class_counts)
+    assert manifest["split_fingerprint"] == split.fingerprint
+    assert manifest["head_kind"] == "linear" and manifest["num_classes"] == 10
+    assert "torch" in manifest["versions"]
+
+
+def test_dump_refuses_existing_and_leaves_nothing_on_failure(trained, tmp_path):
+    settings = {"backend": "zarr", "compression": "none", "fmap_dtype": "float32",
+                "batch_size": 64, "augmented_views": 0}
+    out = tmp_path / "cache.zarr"
+    other = build_split("digits", DS, 10.0, 1)
+    write_split(tmp_path / "other.npz", other)
+    with pytest.raises(LtpipeError, match="trained on split"):
+        dump_cache(tmp_path / "other.npz", trained / "model.pt", out, settings)
+    assert not out.exists() and list(tmp_path.glob(".cache.zarr*")) == []
+
+
+def test_classifier_job_checks_split_and_backbone(trained, tmp_path):
+    settings = {"backend": "zarr", "compression": "none", "fmap_dtype": "float16",
+                "batch_size": 128, "augmented_views": 0}
+    cache = tmp_path / "cache.zarr"
+    dump_cache(trained / "split.npz", trained / "model.pt", cache, settings)
+    res = run_classifier_job(split_path=str(trained / "split.npz"), cache_paths=[str(cache)],
+                             method="tau_norm", settings={"tau": 1.0}, seed=0,
+                             out_dir=str(tmp_path / "job"), info={"dataset": "digits"},
+                             model_paths=[str(trained / "model.pt")])
+    saved = json.loads((tmp_path / "job" / "metrics.json").read_text())
+    assert saved["metrics"]["test"]["all"] == res["metrics"]["test"]["all"]
+    assert np.load(tmp_path / "job" / "logits.npz")["test"].shape == (300, 10)
+    # a cache from another split is refused, naming the key
+    other = build_split("digits", DS, 50.0, 0)
+    write_split(tmp_path / "other.npz", other)
+    with pytest.raises(LtpipeError, match="split_fingerprint"):
+        run_classifier_job(split_path=str(tmp_path / "other.npz"), cache_paths=[str(cache)],
+                           method="joint", settings={}, seed=0, out_dir=str(tmp_path / "j2"))
+    # a cache made from another backbone file is refused
+    fake = tmp_path / "other_model.pt"
+    fake.write_bytes((trained / "model.pt").read_bytes() + b"x")
+    with pytest.raises(LtpipeError, match="backbone_sha256"):
+        run_classifier_job(split_path=str(trained / "split.npz"), cache_paths=[str(cache)],
+                           method="joint", settings={}, seed=0, out_dir=str(tmp_path / "j3"),
+                           model_paths=[str(fake)])
+    assert not (tmp_path / "j2" / "metrics.json").exists()
