@@ -39,10 +39,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ltpipe.train.stage1 import train_stage1
 
     with lease_device(args.device) as device:
-        print(f"train: device {device}", flush=True)
+        _lease_line("acquired", device)
         metrics = train_stage1(args.split, args.recipe, args.out, seed=args.seed, device=device,
                                threads=args.threads, deterministic=args.deterministic)
+        _lease_line("released", device)
     print(f"train: done: {json.dumps(metrics)}")
+
+
+def _lease_line(event: str, device) -> None:
+    """One parsable log line per lease event (the multi-GPU test reads them)."""
+    import time
+
+    slot = getattr(device, "slot", None)
+    print(f"lease: {event} device={device} slot={slot} t={time.time():.3f}", flush=True)
 
 
 def cmd_dump(args: argparse.Namespace) -> None:
@@ -54,7 +63,9 @@ def cmd_dump(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     with lease_device(args.device) as device:
+        _lease_line("acquired", device)
         dump_cache(args.split, args.model, args.out, args.settings, device=device)
+        _lease_line("released", device)
 
 
 def cmd_classify(args: argparse.Namespace) -> None:
@@ -171,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--results", default="results")
     b.add_argument("--force", action="store_true", help="unpack: overwrite files that differ")
     b.set_defaults(func=cmd_bundle)
+
+    from ltpipe.report.cli import add_subcommands
+
+    add_subcommands(sub)  # plot, compare
 
     k = sub.add_parser("check-config", help="validate config files (schema and domain checks)")
     k.add_argument("configs", nargs="+")

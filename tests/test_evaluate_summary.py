@@ -65,3 +65,30 @@ def test_summary_tables(tmp_path):
     assert agg["default"]["runs"] == 2
     md = (tmp_path / "s.md").read_text()
     assert "82.00 ± 2.83" in md and "| 70.00 |" in md
+
+
+def test_sweep_point_chosen_on_validation_only(tmp_path):
+    def job(name, point, val, test):
+        path = tmp_path / f"{name}.json"
+        metrics = {"test": {"all": test, "many": test, "medium": test, "few": test}}
+        if val is not None:
+            metrics["val"] = {"all": val}
+        write_json(path, {"dataset": "imagenet_lt", "imbalance_factor": "native",
+                          "split_seed": 0, "seed": 0, "backbones": ["r50"],
+                          "classifier": "tau", "method": "tau_norm", "point": point,
+                          "settings": {}, "metrics": metrics})
+        return str(path)
+
+    # the best test point (tau=2.0) is not the best validation point (tau=1.0)
+    paths = [job("a", "tau=0.0", 40.0, 41.0), job("b", "tau=1.0", 48.0, 47.0),
+             job("c", "tau=2.0", 45.0, 49.0)]
+    rows = write_summary(paths, tmp_path / "s.csv", tmp_path / "s.md")
+    assert {r["point"]: r["chosen_on_val"] for r in rows} == {
+        "tau=0.0": "no", "tau=1.0": "yes", "tau=2.0": "no"}
+    md = (tmp_path / "s.md").read_text()
+    assert "| imagenet_lt | native | 0 | r50 | tau | tau=1.0 | 48.00 | 47.00 |" in md
+    # without validation scores nothing is chosen, and the table says so
+    paths = [job("d", "tau=0.0", None, 41.0), job("e", "tau=1.0", None, 47.0)]
+    rows = write_summary(paths, tmp_path / "t.csv", tmp_path / "t.md")
+    assert all(r["chosen_on_val"] == "" for r in rows)
+    assert "none is chosen" in (tmp_path / "t.md").read_text()

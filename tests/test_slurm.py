@@ -248,28 +248,3 @@ def test_signal_before_the_time_limit_checkpoints_and_resumes(slurm_cluster, tmp
     info = scontrol_job(slurm_cluster, subs[0][1])
     assert info["JobState"] == "COMPLETED" and info["TimeLimit"] == "00:02:00", info
     assert "Trying to restart job" in subs[0][2].read_text()
-
-
-def test_sigterm_to_the_whole_job_resubmits_and_resumes(slurm_cluster, tmp_path):  # noqa: F811
-    """SIGTERM to every process of the job, as Slurm sends at a time limit or preemption."""
-    proc = start_snakemake(tmp_path, slurm_args(), dict(slurm_cluster.env),
-                           snakefile=toy_workflow(tmp_path))
-    trace, out = tmp_path / "model.pt.trace", tmp_path / "snakemake.out"
-    try:
-        deadline = time.monotonic() + 180
-        while not (trace.exists() and trace.read_text().startswith("started")):
-            assert time.monotonic() < deadline and proc.poll() is None, out.read_text()[-4000:]
-            time.sleep(1)
-        first = submissions(out.read_text())[0][1]
-        slurm_cluster.run("scancel", "--full", "--signal=TERM", str(first))
-        rc = proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    log = out.read_text()
-    assert rc == 0, log[-6000:]
-    assert trace.read_text().splitlines() == RESUMED
-    subs = submissions(log)
-    assert [s[1] for s in subs][:1] == [first] and len(subs) == 2, subs
-    assert scontrol_job(slurm_cluster, first)["JobState"] == "FAILED"
-    assert scontrol_job(slurm_cluster, subs[1][1])["JobState"] == "COMPLETED"

@@ -120,7 +120,9 @@ class Hdf5Reader:
         ds = self._file[key]
         if ds.ndim == 0:
             return np.asarray(ds[()])
-        out = np.empty((stop - start, *ds.shape[1:]), ds.dtype)
+        from ltpipe.cache.reader import empty_aligned
+
+        out = empty_aligned((stop - start, *ds.shape[1:]), ds.dtype)
         if stop <= start:
             return out
         table = self._chunk_table(key, ds)

@@ -8,6 +8,7 @@ the backend's ``read_range``, which fills one preallocated array straight from t
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,22 @@ from ltpipe.cache.store import (
     read_manifest,
 )
 from ltpipe.utils import LtpipeError, _json_default
+
+
+def empty_aligned(shape: tuple[int, ...], dtype: Any, align: int = 4096) -> np.ndarray:
+    """``np.empty`` whose data starts on an ``align``-byte boundary (for arrays of 64 KiB on).
+
+    numpy's large allocations start 16 bytes past a page boundary, and the kernel copies page
+    cache pages into such a buffer about 3x slower than into an aligned one (measured with
+    ``preadv`` on this project's machines), which alone halves whole-array read speed.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < 1 << 16:
+        return np.empty(shape, dtype)
+    raw = np.empty(nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def pread_into(fd: int, dst: np.ndarray | memoryview, offset: int) -> None:

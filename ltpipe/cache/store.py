@@ -181,6 +181,7 @@ class CacheWriter:
             self.tmp, compression, level, chunk_mb)
         self._streams: dict[str, _Stream] = {}
         self._small: dict[str, dict[str, Any]] = {}
+        self._pool: Any = None
         self._state = "open"
 
     def _check_target(self, overwrite: bool) -> None:
@@ -277,14 +278,20 @@ class CacheWriter:
                 "arrays": dict(sorted(arrays.items())), "complete": True}
         text = json.dumps(full, indent=2, sort_keys=True, default=_json_default) + "\n"
         self._impl.finalize(text)
-        self._impl.close()
+        self._close()
         return text
+
+    def _close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        self._impl.close()
 
     def abort(self) -> None:
         """Discard everything written so far (nothing appears at the final path)."""
         if self._state == "open":
             self._state = "aborted"
-        self._impl.close()
+        self._close()
         _remove(self.tmp)
 
     def __enter__(self) -> CacheWriter:
@@ -328,11 +335,29 @@ class CacheWriter:
         return rows
 
     def _put(self, key: str, st: _Stream, block: np.ndarray) -> None:
-        """Checksum and write whole chunks (or the array's last, partial one)."""
+        """Checksum and write whole chunks (or the array's last, partial one).
+
+        Where the backend's writes release the GIL (zarr: plain file writes), they run in a
+        worker thread while this thread computes the checksums; both finish before returning,
+        so the caller may reuse ``block`` at once.
+        """
         block = np.ascontiguousarray(block)
         size = st.chunk_rows
-        st.sums.extend(self._sum(block[lo:lo + size]) for lo in range(0, len(block), size))
-        self._impl.write_chunks(key, st.rows // size, block)
+        writing = None
+        if getattr(self._impl, "WRITES_RELEASE_GIL", False):
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-write")
+            writing = self._pool.submit(self._impl.write_chunks, key, st.rows // size, block)
+        try:
+            sums = [self._sum(block[lo:lo + size]) for lo in range(0, len(block), size)]
+        finally:
+            if writing is not None:
+                writing.result()
+        if writing is None:
+            self._impl.write_chunks(key, st.rows // size, block)
+        st.sums.extend(sums)
         st.rows += len(block)
 
     def _checksums(self, chunk_rows: int, values: list[int]) -> dict[str, Any]:

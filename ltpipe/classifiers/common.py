@@ -105,13 +105,22 @@ def score_splits(feat: Features, key: str, method: str, device: torch.device,
                  model: Callable[[torch.Tensor], torch.Tensor],
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  ) -> dict[str, np.ndarray]:
-    """{"test": scores, "val": scores?}: ``model`` applied to array ``key`` of each split."""
+    """{"test": scores, "val": scores?}: ``model`` applied to array ``key`` of each split.
+
+    When ``model`` is a linear or cosine head, its effective weight (rows scaled by the output
+    scale) comes back too, as ``"head_weight"`` [C, D], for the weight-norm plots.
+    """
     out = {}
     for split in feat.eval_splits():
         x = as_tensor(feat.require(split, key, method), device)
         if transform is not None:
             x = transform(x)
         out[split] = predict(model, x)
+    if isinstance(model, (LinearHead, CosineHead)):
+        w = model.weight.detach().float()
+        if isinstance(model, CosineHead):
+            w = F.normalize(w, dim=1)
+        out["head_weight"] = (model.scale * w).cpu().numpy()
     return out
 
 

@@ -13,6 +13,8 @@ import numpy as np
 
 from ltpipe.utils import LtpipeError, atomic_path, sha256_file, write_json
 
+EVAL_PARTS = ("val", "test")  # scored parts; other keys a method returns (head_weight) are kept
+
 
 def open_checked(cache_path: str | Path, split_fingerprint: str, model_path: str | None = None):
     """Open a cache and refuse it unless it was made from this split (and this backbone file)."""
@@ -55,7 +57,10 @@ def run_classifier_job(*, split_path: str, cache_paths: list[str], method: str, 
     t_fit = time.perf_counter()
 
     metrics = {}
-    for part, s in scores.items():
+    for part in EVAL_PARTS:
+        if part not in scores:
+            continue
+        s = scores[part]
         labels = getattr(features[0], part)["labels"]
         metrics[part] = accuracy_report(s, labels, split.shot_groups)
     out = Path(out_dir)

@@ -61,7 +61,7 @@ def _class_axis(ax, counts_sorted: np.ndarray, order: np.ndarray, shots: np.ndar
         ax.text((a + b - 1) / 2, 1.0, name, transform=ax.get_xaxis_transform(), ha="center",
                 va="bottom", fontsize=7, color="0.35")
     twin = ax.twinx()
-    twin.bar(range(C), counts_sorted, color="0.85", width=0.9 if C <= 100 else 1.0, zorder=0)
+    twin.bar(range(C), counts_sorted, color="0.85", width=0.9 if C <= 20 else 1.0, lw=0, zorder=0)
     twin.set_yscale("log")
     lo, hi = max(float(np.min(counts_sorted)), 1.0), max(float(np.max(counts_sorted)), 1.0)
     twin.set_ylim(lo / 2.0, hi * 1.3)
@@ -118,7 +118,7 @@ def plot_per_class(metric_paths: list[str], out: str | Path) -> None:
         ax.set_ylim(-3, 103)
         ax.set_ylabel("test accuracy per class (%)")
         ax.set_title(f"{clf} ({member_lists[0][0].method})", fontsize=10, pad=12)
-        ax.legend(fontsize=7, loc="lower left", framealpha=0.85)
+        ax.legend(fontsize=7, loc="best", framealpha=0.85)
     fig.suptitle(f"Per-class accuracy, {_setting(runs)}, backbone {'+'.join(runs[0].backbones)}"
                  f" (mean over {len({(r.split_seed, r.seed) for r in runs})} run(s))", fontsize=11)
     fig.tight_layout()

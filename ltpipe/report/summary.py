@@ -16,7 +16,8 @@ from pathlib import Path
 from ltpipe.utils import atomic_path, read_json
 
 COLUMNS = ["dataset", "imbalance_factor", "split_seed", "seed", "backbone", "classifier",
-           "method", "point", "params", "all", "many", "medium", "few"]
+           "method", "point", "params", "all", "many", "medium", "few", "val_all",
+           "chosen_on_val"]
 METRICS = ("all", "many", "medium", "few")
 GROUP_KEYS = ("dataset", "imbalance_factor", "backbone", "classifier", "method", "point")
 
@@ -39,9 +40,51 @@ def rows_from_metrics(paths: list[str | Path]) -> list[dict]:
             "params": ";".join(f"{k}={v}" for k, v in sorted(m.get("settings", {}).items())),
         }
         row.update({k: test.get(k) for k in METRICS})
+        row["val_all"] = m["metrics"].get("val", {}).get("all")
+        row["chosen_on_val"] = ""
         rows.append(row)
     rows.sort(key=lambda r: tuple(str(r[k]) for k in COLUMNS[:9]))
+    mark_chosen_on_val(rows)
     return rows
+
+
+SWEEP_KEYS = ("dataset", "imbalance_factor", "split_seed", "seed", "backbone", "classifier")
+
+
+def mark_chosen_on_val(rows: list[dict]) -> None:
+    """Within each sweep (same run, several points) mark the point with the best validation
+    accuracy: ``chosen_on_val`` becomes "yes"/"no". Sweeps without validation scores stay "",
+    since choosing on the test set would overstate accuracy."""
+    sweeps: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        sweeps[tuple(r[k] for k in SWEEP_KEYS)].append(r)
+    for members in sweeps.values():
+        if len(members) < 2 or any(m["val_all"] is None for m in members):
+            continue
+        best = max(members, key=lambda m: m["val_all"])
+        for m in members:
+            m["chosen_on_val"] = "yes" if m is best else "no"
+
+
+def chosen_section(rows: list[dict]) -> str:
+    """Markdown: the sweep points chosen on validation, or why none were chosen."""
+    chosen = [r for r in rows if r["chosen_on_val"] == "yes"]
+    swept = {tuple(r[k] for k in SWEEP_KEYS) for r in rows if r["point"] != "default"}
+    if not swept:
+        return ""
+    if not chosen:
+        return ("\n## Sweeps\n\nNo data set here has a validation split, so every sweep point "
+                "is reported above and none is chosen.\n")
+    head = ["dataset", "IF", "seed", "backbone", "classifier", "chosen point", "val all",
+            "test all", "many", "medium", "few"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in chosen:
+        cells = [r["dataset"], str(r["imbalance_factor"]), str(r["seed"]), r["backbone"],
+                 r["classifier"], r["point"], *(f"{r[k]:.2f}" if r[k] is not None else "-"
+                                                for k in ("val_all", *METRICS))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return ("\n## Sweep points chosen on validation\n\nFor each sweep, the point with the best "
+            "validation accuracy and its test accuracy.\n\n" + "\n".join(lines) + "\n")
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -99,7 +142,7 @@ def write_summary(metric_paths: list[str], csv_path: str, md_path: str) -> list[
     text = ("# ltpipe results\n\nTop-1 accuracy (%) on the balanced test set; mean ± sample std "
             "over split and training seeds where there are several. No hyper-parameter was "
             "selected on the test set: every sweep point is its own row.\n\n"
-            + markdown_table(rows))
+            + markdown_table(rows) + chosen_section(rows))
     with atomic_path(md_path) as tmp:
         Path(tmp).write_text(text)
     return rows

@@ -1,0 +1,256 @@
+"""The published-setting presets in workflow/presets/: valid configs whose DAGs are the papers'.
+
+For every preset: (1) it passes the schema, ``check_config`` and the stage-one recipe check;
+(2) a Snakemake dry run (data roots pointed at stand-in folders in tmp: the DAG is built without
+reading any data, so an empty CIFAR folder suffices) plans exactly the split / train / dump /
+classify jobs counted here by hand AND by a plain formula over the preset, each training for the
+right (IF, backbone), each classifier job reading the caches of its entry's backbones in order.
+The dry runs run three at a time in one module fixture (a few seconds each).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESET_DIR = ROOT / "workflow" / "presets"
+
+# Hand-counted DAGs (see each preset's "# DAG:" line): splits, trainings, dumps, classify jobs.
+# CIFAR: 5 IFs x 1 seed; 5 backbones x 5 IFs; per IF 5 joint + crt/lws/ncm/LA 4 + tau 21
+# + ffn 11 + ffn_reference 1 + h2t 6 + fsa 1 + 2 x bwlm 6 x 5 + afa_crt 1 = 110.
+# ImageNet-LT: 5 joint + 4 + tau 21 + h2t 6 + fsa 1 + ffn 11 + 1 + 2 x 30 + afa_crt 1 = 110.
+# Places-LT / iNat: joint + 4 + tau 21 + h2t 6 + fsa 1 = 33. Fashion: 11 entries x 3 IFs.
+EXPECTED = {
+    "cifar10_lt": (5, 25, 25, 550),
+    "cifar100_lt": (5, 25, 25, 550),
+    "imagenet_lt": (1, 5, 5, 110),
+    "places_lt": (1, 1, 1, 33),
+    "inat2018": (1, 1, 1, 33),
+    "fashion_mnist_lt": (3, 6, 6, 33),
+}
+LIST_FILES = {
+    "imagenet_lt": ["ImageNet_LT_train.txt", "ImageNet_LT_val.txt", "ImageNet_LT_test.txt"],
+    "places_lt": ["Places_LT_train.txt", "Places_LT_val.txt", "Places_LT_test.txt"],
+    "inat2018": ["iNaturalist18_train.txt", "iNaturalist18_val.txt"],
+}
+CORE_RULES = {"split", "train", "dump", "classify", "summary", "all"}
+REPORT_RULES = {"compare", "plots", "plot_perclass", "plot_sweep", "plot_weight_norms",
+                "plot_confusion", "plot_tsne", "plot_tsne_fused"}
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text())
+
+
+def test_every_preset_is_listed():
+    assert sorted(p.stem for p in PRESET_DIR.glob("*.yaml")) == sorted(EXPECTED)
+
+
+# ------------------------------------------------------------------------------ config checks
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_preset_passes_schema_and_domain_checks(name):
+    from ltpipe.config import check_config, load_yaml_strict, validate_schema
+    from ltpipe.losses import loss_settings
+    from ltpipe.train.recipe import normalize_recipe
+
+    cfg = load_yaml_strict(PRESET_DIR / f"{name}.yaml")  # also refuses duplicate keys
+    validate_schema(cfg)
+    check_config(cfg)
+    for bname, recipe in cfg["backbones"].items():
+        normalize_recipe({k: v for k, v in recipe.items() if k not in ("seeds", "datasets")})
+        unknown = set(recipe.get("loss_settings", {})) - set(loss_settings(recipe["loss"]))
+        assert not unknown, f"{name}: backbones.{bname}: unknown loss settings {unknown}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_preset_header_states_its_dag(name):
+    text = (PRESET_DIR / f"{name}.yaml").read_text()
+    m = re.search(r"^# DAG: (\d+) splits?, (\d+) trainings?, (\d+) cache dumps?, "
+                  r"(\d+) classifier-stage jobs", text, re.M)
+    assert m, f"{name}: no '# DAG: ...' line"
+    assert tuple(map(int, m.groups())) == EXPECTED[name]
+
+
+def test_method_inputs_are_the_papers():
+    """FFN reads [KPS cosine, CE linear]; faithful BWLM the head half; AFA + cRT the AFA net."""
+    for name in EXPECTED:
+        cfg = load(name)
+        bb = cfg["backbones"]
+        for clf, entry in cfg["classifiers"].items():
+            if entry["method"] == "ffn":
+                kps, ce = (bb[b] for b in entry["backbones"])
+                assert (kps["loss"], kps["head"]) == ("kps", "cosine"), (name, clf)
+                assert (ce["loss"], ce["head"]) == ("ce", "linear"), (name, clf)
+                assert kps["backbone"] == ce["backbone"], (name, clf)
+            if clf == "bwlm":  # the faithful entry; others (bwlm_<backbone>) read any backbone
+                assert bb[entry["backbones"][0]].get("head_half") is True, name
+            if clf == "afa_crt":
+                assert entry["method"] == "crt" and bb[entry["backbones"][0]].get("afa"), name
+    # KPS max_m per data set (methods.md section 3): 0.2 CIFAR-10, 0.5 CIFAR-100, 0.35 ImageNet.
+    assert load("cifar10_lt")["backbones"]["kps_mixup"]["loss_settings"]["max_m"] == 0.2
+    assert load("cifar100_lt")["backbones"]["kps_mixup"]["loss_settings"]["max_m"] == 0.5
+    assert load("imagenet_lt")["backbones"]["kps_mixup_r50"]["loss_settings"]["max_m"] == 0.35
+    # Paper w1 inside the FFN sweep, and as the reference entry's value (FFN Table 2).
+    for name, w1 in [("cifar10_lt", 0.5), ("cifar100_lt", 0.9), ("imagenet_lt", 0.9)]:
+        clfs = load(name)["classifiers"]
+        assert w1 in clfs["ffn"]["settings"]["w1"] and clfs["ffn_reference"]["settings"]["w1"] == w1
+        assert [round(0.1 * i, 1) for i in range(11)] == clfs["ffn"]["settings"]["w1"]
+        assert [round(0.1 * i, 1) for i in range(21)] == clfs["tau_norm"]["settings"]["tau"]
+
+
+def _lt_counts(n_max: int, num_classes: int, imb: float) -> list[int]:
+    return [int(n_max * (1 / imb) ** (i / (num_classes - 1))) for i in range(num_classes)]
+
+
+def _groups(counts: list[int], many: int, few: int) -> tuple[int, int, int]:
+    return (sum(c > many for c in counts), sum(few <= c <= many for c in counts),
+            sum(c < few for c in counts))
+
+
+def test_shot_thresholds_give_the_documented_groups():
+    ds = load("fashion_mnist_lt")["datasets"]["fashion_mnist_lt"]
+    th = ds["shot_thresholds"]
+    got = {imb: _groups(_lt_counts(6000, 10, imb), th["many"], th["few"])
+           for imb in ds["imbalance_factors"]}
+    assert got == {10: (7, 3, 0), 50: (5, 3, 2), 100: (4, 3, 3)}
+    # The CIFAR-100-LT IF100 shape the Fashion thresholds were matched to: 35 / 35 / 30.
+    th100 = load("cifar100_lt")["datasets"]["cifar100_lt"]["shot_thresholds"]
+    assert _groups(_lt_counts(500, 100, 100), th100["many"], th100["few"]) == (35, 35, 30)
+
+
+# ---------------------------------------------------------------------------------- dry runs
+def planned_jobs(text: str) -> dict[str, int]:
+    """Rule -> job count from a dry run's 'Job stats' table (as tests/test_workflow.py)."""
+    counts: dict[str, int] = {}
+    in_table = False
+    for line in text.splitlines():
+        if re.match(r"^job\s+count", line.strip()):
+            in_table = True
+            continue
+        if in_table:
+            m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+            if m and m.group(1) != "total":
+                counts[m.group(1)] = int(m.group(2))
+            elif line.strip().startswith("total"):
+                break
+    assert counts, f"no job table in dry run output:\n{text[-3000:]}"
+    return counts
+
+
+def planned_blocks(text: str) -> list[dict]:
+    """Each job of a dry run as {'rule', 'input', 'wildcards': {...}}."""
+    jobs: list[dict] = []
+    for line in text.splitlines():
+        s = line.strip()
+        m = re.match(r"^(?:local)?rule (\w+):$", s)
+        if m:
+            jobs.append({"rule": m.group(1), "input": "", "wildcards": {}})
+        elif jobs and s.startswith("input: "):
+            jobs[-1]["input"] = s[len("input: "):]
+        elif jobs and s.startswith("wildcards: "):
+            pairs = (p.split("=", 1) for p in s[len("wildcards: "):].split(", "))
+            jobs[-1]["wildcards"] = dict(pairs)
+    return jobs
+
+
+def _stand_in(name: str, cfg: dict, tmp: Path) -> Path:
+    """A copy of the preset with every data path under tmp (list files in the real format)."""
+    for dname, ds in cfg["datasets"].items():
+        root = tmp / "data" / dname
+        root.mkdir(parents=True, exist_ok=True)
+        ds["root"] = str(root)  # CIFAR / Fashion-MNIST: an empty folder
+        if ds["source"] in LIST_FILES:
+            lists = tmp / "lists" / dname
+            lists.mkdir(parents=True, exist_ok=True)
+            for fname in LIST_FILES[ds["source"]]:
+                (lists / fname).write_text("train/c0/a.jpg 0\ntrain/c1/b.jpg 1\n")
+            ds["lists"] = str(lists)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _dry_run(name: str, tmp: Path) -> str:
+    work = tmp / name
+    work.mkdir()
+    config = _stand_in(name, load(name), work)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work),
+           "--configfile", str(config), "-n"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"dry run of {name} failed:\n{text[-5000:]}"
+    return text
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory) -> dict[str, str]:
+    tmp = tmp_path_factory.mktemp("presets")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {n: pool.submit(_dry_run, n, tmp) for n in EXPECTED}
+        return {n: f.result() for n, f in futures.items()}
+
+
+def _imb_tag(v) -> str:
+    return "native" if v == "native" else str(int(v)) if float(v).is_integer() else str(v)
+
+
+def independent_plan(cfg: dict) -> dict:
+    """Split keys, trainings and per-entry classify counts by a plain formula over the preset."""
+    splits = [(d, _imb_tag(i), str(s)) for d, ds in cfg["datasets"].items()
+              for i in ds.get("imbalance_factors", ["native"])
+              for s in ds.get("split_seeds", [0])]
+    trains = [(d, imb, b, str(t)) for d, imb, _ in splits for b, r in cfg["backbones"].items()
+              if d in r.get("datasets", cfg["datasets"]) for t in r.get("seeds", [0])]
+    classify = {}
+    for clf, entry in cfg["classifiers"].items():
+        sweeps = [v for v in entry.get("settings", {}).values() if isinstance(v, list)]
+        seeds = set.intersection(*(set(cfg["backbones"][b].get("seeds", [0]))
+                                   for b in entry["backbones"]))
+        classify[clf] = math.prod(map(len, sweeps)) * len(seeds) * len(splits)
+    return {"splits": splits, "trains": trains, "classify": classify}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_dry_run_job_counts(name, dry_runs):
+    counts = planned_jobs(dry_runs[name])
+    assert CORE_RULES <= set(counts) <= CORE_RULES | REPORT_RULES, counts
+    got = (counts["split"], counts["train"], counts["dump"], counts["classify"])
+    assert got == EXPECTED[name]
+    plan = independent_plan(load(name))
+    assert got == (len(plan["splits"]), len(plan["trains"]), len(plan["trains"]),
+                   sum(plan["classify"].values()))
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_dry_run_jobs_are_the_right_ones(name, dry_runs):
+    cfg = load(name)
+    plan = independent_plan(cfg)
+    jobs = planned_blocks(dry_runs[name])
+    def run_key(wc: dict) -> tuple:
+        return wc["dataset"], wc["imb"], wc["backbone"], wc["seed"]
+
+    splits = [tuple(j["wildcards"][k] for k in ("dataset", "imb", "split_seed")) for j in jobs
+              if j["rule"] == "split"]
+    assert sorted(splits) == sorted(plan["splits"])
+    trains = [run_key(j["wildcards"]) for j in jobs if j["rule"] == "train"]
+    assert sorted(trains) == sorted(plan["trains"])
+    dumps = [run_key(j["wildcards"]) for j in jobs if j["rule"] == "dump"]
+    assert sorted(dumps) == sorted(plan["trains"])
+    classify = [j for j in jobs if j["rule"] == "classify"]
+    assert Counter(j["wildcards"]["classifier"] for j in classify) == Counter(plan["classify"])
+    for j in classify:
+        wc = j["wildcards"]
+        caches = re.findall(rf"/if{re.escape(wc['imb'])}/s\d+/([^/]+)/t{wc['seed']}/cache\.",
+                            j["input"])
+        assert caches == cfg["classifiers"][wc["classifier"]]["backbones"], (name, wc)
