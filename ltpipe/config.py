@@ -305,6 +305,18 @@ def _check_recipe(cfg: dict, rc: dict) -> list[str]:
     loss = rc.get("loss", RECIPE_DEFAULTS.get("loss", "ce"))
     if loss not in LOSSES:
         out.append(f"loss: {loss!r} is not registered; choose one of {sorted(LOSSES)}")
+    if not out:  # the trainer's own checks: values, ranges, loss and AFA settings
+        from ltpipe.losses import loss_settings
+        from ltpipe.train.recipe import normalize_recipe
+
+        try:
+            normalize_recipe({k: v for k, v in rc.items() if k not in RECIPE_META_KEYS})
+        except LtpipeError as err:
+            out.append(str(err))
+        bad = sorted(set(rc.get("loss_settings", {})) - set(loss_settings(loss)))
+        if bad:
+            out.append(f"loss_settings: {bad} not settings of loss {loss!r}; allowed: "
+                       f"{sorted(loss_settings(loss))}")
     for ds in rc.get("datasets", []):
         if ds not in cfg["datasets"]:
             out.append(f"datasets: {ds!r} is not a data set of this config; known: "

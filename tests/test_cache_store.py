@@ -276,6 +276,27 @@ def test_open_refuses_another_format_version(tmp_path, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_big_endian_and_strided_input(tmp_path, backend):
+    """Big-endian and non-contiguous rows are stored little-endian; verify still passes."""
+    path = _path(tmp_path, backend)
+    a = np.arange(300 * 6, dtype=">f4").reshape(300, 6)
+    with CacheWriter(path, backend=backend, chunk_mb=TINY) as w:
+        w.create("g", "a", (6,), ">f4")
+        w.append("g", "a", a[:150])
+        w.append("g", "a", np.asfortranarray(a[150:]))
+        w.write("g", "t", a[:, ::-2])
+        w.write("g", "s", np.array(7.5, ">f8"))
+        w.commit({})
+    with open_cache(path) as r:
+        got = r.read("g", "a")
+        assert got.dtype == np.dtype("<f4") == r.dtype("g", "a")
+        np.testing.assert_array_equal(got, a)
+        np.testing.assert_array_equal(r.read("g", "t"), a[:, ::-2])
+        assert float(r.read("g", "s")) == 7.5
+    assert verify_cache(path) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_refuses_to_overwrite(tmp_path, backend):
     path = _path(tmp_path, backend)
     _write(path, backend)

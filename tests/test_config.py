@@ -108,6 +108,8 @@ DOMAIN = [
     (lambda c: c["backbones"]["ce"].update(backbone="resnet9000"), "not registered"),
     (lambda c: c["backbones"]["ce"].update(loss="hinge"), "'hinge' is not registered"),
     (lambda c: c["backbones"]["ce"].update(learning_rate=0.1), "unknown key"),
+    (lambda c: c["backbones"]["ce"].update(milestones=[20, 10]), "milestones"),
+    (lambda c: c["backbones"]["ce"].update(loss_settings={"gama": 2}), "not settings of loss"),
     (lambda c: c["datasets"]["digits"].update(shot_thresholds={"many": 5, "few": 10}),
      "few \\(10\\) must not exceed many"),
     (lambda c: c["datasets"].update(c10={"source": "cifar10", "imbalance_factors": [10]}),

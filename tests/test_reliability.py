@@ -460,26 +460,58 @@ def test_disk_full_split_keeps_the_existing_file(stage1, tmp_path):
         assert not list(mnt.glob(".split*tmp-*"))
 
 
-def test_disk_full_checkpoint_keeps_last_good_one(stage1, hook_dir, tmp_path):
-    """A checkpoint save that runs out of space must not damage the previous checkpoint."""
-    work = tmp_path / "work"
-    work.mkdir()
-    rc, text = _train_segment(hook_dir, stage1 / "split.npz", work / "model.pt", SPE + 2,
-                              signal.SIGTERM)
-    assert rc == 75, text
-    ckpt = work / "model.pt.ckpt"
-    size = ckpt.stat().st_size
-    pages = -(-size // 4096) + 4
+@pytest.fixture(scope="module")
+def ckpt_1_2(stage1, tmp_path_factory) -> Path:
+    """A checkpoint of RECIPE at epoch 1, step 2 (SIGTERM in-process, as test_train does)."""
+    from ltpipe.train.stage1 import TrainingInterrupted, train_stage1
+
+    out = tmp_path_factory.mktemp("ckpt") / "model.pt"
+
+    def hook(global_step):
+        if global_step == SPE + 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted):
+        train_stage1(stage1 / "split.npz", RECIPE, out, seed=0, device="cpu", threads=1,
+                     on_step=hook, log=open(os.devnull, "w"))
+    return Path(str(out) + ".ckpt")
+
+
+@contextlib.contextmanager
+def _ckpt_on_small_tmpfs(ckpt: Path, tmp_path: Path):
+    """A tmpfs holding ``ckpt`` as model.pt.ckpt, with room for about half another copy."""
+    pages = -(-ckpt.stat().st_size // 4096) + 4
     with tmpfs(tmp_path / "mnt", f"{(pages + pages // 2) * 4096}") as mnt:
         shutil.copy(ckpt, mnt / "model.pt.ckpt")
+        yield mnt
+
+
+def test_disk_full_checkpoint_keeps_last_good_one(stage1, hook_dir, ckpt_1_2, tmp_path):
+    """The end-of-epoch-1 checkpoint save runs out of space: the previous one stays intact."""
+    with _ckpt_on_small_tmpfs(ckpt_1_2, tmp_path) as mnt:
         before = (mnt / "model.pt.ckpt").read_bytes()
         rc, text = _train_segment(hook_dir, stage1 / "split.npz", mnt / "model.pt", None,
                                   signal.SIGTERM)
-        assert rc != 0 and "resuming model.pt at epoch 1, step 2" in text
-        assert "No space left on device" in text, text[-2000:]
+        assert rc not in (0, 75) and "resuming model.pt at epoch 1, step 2" in text, text
         assert (mnt / "model.pt.ckpt").read_bytes() == before, "the last checkpoint was damaged"
-        assert not (mnt / "model.pt").exists()
-        assert sorted(p.name for p in mnt.iterdir()) == ["model.pt.ckpt"]
+        assert sorted(p.name for p in mnt.iterdir()) == ["model.pt.ckpt"], "temp file left"
+
+
+@pytest.mark.xfail(strict=True, reason="torch.save on a full disk raises RuntimeError "
+                   "('unexpected pos ...'), which escapes ltpipe.cli.main as a traceback that "
+                   "never says the disk is full; fix: ltpipe/train/checkpoint.py save_atomic")
+def test_disk_full_checkpoint_error_says_so(stage1, ckpt_1_2, tmp_path, capsys):
+    from ltpipe.cli import main
+
+    with _ckpt_on_small_tmpfs(ckpt_1_2, tmp_path) as mnt:
+        try:
+            rc = main(["train", "--split", str(stage1 / "split.npz"), "--recipe",
+                       json.dumps(RECIPE), "--threads", "1", "--device", "cpu", "--out",
+                       str(mnt / "model.pt")])
+        except BaseException as err:  # noqa: BLE001 - the CLI must not raise: record it
+            pytest.fail(f"ltpipe train raised {type(err).__name__}: {err}")
+        err = capsys.readouterr().err
+        assert rc == 2 and "No space left on device" in err and "model.pt" in err
 
 
 # ----------------------------------------------------------------------- Snakemake runs

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -38,14 +39,15 @@ pytestmark = pytest.mark.slurm
 
 
 def shrink_config(dst: Path) -> Path:
-    """Default config with one imbalance factor, split seed and training seed; 2 epochs."""
+    """The default config, small: one imbalance factor, split seed, backbone recipe (the first)
+    and training seed, 2 epochs, and only the classifier entries that read that backbone."""
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     for ds in cfg["datasets"].values():
         ds["imbalance_factors"] = ds["imbalance_factors"][:1]
         ds["split_seeds"] = ds.get("split_seeds", [0])[:1]
-    for rec in cfg["backbones"].values():
-        rec["epochs"] = 2
-        rec["seeds"] = rec.get("seeds", [0])[:1]
+    name, recipe = next(iter(cfg["backbones"].items()))
+    cfg["backbones"] = {name: {**recipe, "epochs": 2, "seeds": recipe.get("seeds", [0])[:1]}}
+    cfg["classifiers"] = {k: v for k, v in cfg["classifiers"].items() if v["backbones"] == [name]}
     path = dst / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -136,9 +138,11 @@ def planned_classify_jobs(work: Path) -> int:
 def test_every_job_went_through_sbatch_with_the_profiles_requests(slurm_run, slurm_cluster):  # noqa: F811
     work, log, _ = slurm_run
     subs = submissions(log)
-    names = [name for name, _, _ in subs]
-    assert names.count("rule_split") == names.count("rule_train") == names.count("rule_dump") == 1
-    assert not any(n.startswith("rule_classify") or n == "rule_summary" for n in names), names
+    # Jobs Snakemake ran remotely on their own print "rule X:" at the start of a line (local
+    # ones "localrule X:", grouped ones indented under "Group job"): one sbatch each.
+    remote = Counter(re.findall(r"^rule (\w+):", log, re.M))
+    assert {"split", "train", "dump"} <= set(remote) and "classify" not in remote, remote
+    assert Counter(n[len("rule_"):] for n, _, _ in subs if n.startswith("rule_")) == remote
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
     ctld = slurm_cluster.log("slurmctld")
     for name, jobid, slurm_log in subs:
@@ -148,8 +152,7 @@ def test_every_job_went_through_sbatch_with_the_profiles_requests(slurm_run, slu
         assert slurm_log.name == f"{jobid}.log" and slurm_log.exists(), slurm_log
         assert info["Requeue"] == "1", "profile: slurm-requeue"
         if name in ("rule_train", "rule_dump"):
-            rule = name[len("rule_"):]
-            want = profile["set-resources"][rule]
+            want = profile["set-resources"][name[len("rule_"):]]
             assert info["TresPerJob"] == "gres:gpu:1", info
             assert info["TimeLimit"] == f"{want['runtime'] // 60:02d}:{want['runtime'] % 60:02d}:00"
             assert f"mem={want['mem_mb']}M" in info["TRES"]
@@ -162,7 +165,7 @@ def test_classify_jobs_go_out_in_few_group_submissions(slurm_run):
     n_jobs = planned_classify_jobs(work)
     per_group = yaml.safe_load((PROFILE / "config.yaml").read_text())["group-components"]["stage2"]
     groups = [(jobid, path) for name, jobid, path in submissions(log) if name.startswith("group_")]
-    assert n_jobs == 9  # the shrunken default: joint, crt, lws, 4 x tau_norm, ncm, logit_adjust
+    assert n_jobs > per_group // 2, f"too few classify jobs ({n_jobs}) to show the grouping"
     assert 1 <= len(groups) <= math.ceil(n_jobs / per_group), groups
     carried = []  # the classify jobs each group submission's Snakemake was told to run
     for _, path in groups:

@@ -201,7 +201,7 @@ class CacheWriter:
         ``expected_rows``, when given, caps the chunk size and is checked at commit.
         """
         key = self._new_key(group, name)
-        dtype = np.dtype(dtype)
+        dtype = np.dtype(dtype).newbyteorder("<")  # stored little-endian on every backend
         if dtype.kind not in "biufc":
             raise LtpipeError(f"{key}: dtype {dtype} is not numeric or bool; store numbers only")
         tail = tuple(int(d) for d in shape_tail)
@@ -239,6 +239,7 @@ class CacheWriter:
         """Write a whole (small) array at once."""
         array = np.asarray(array)
         if array.ndim == 0:
+            array = array.astype(array.dtype.newbyteorder("<"), copy=False)
             key = self._new_key(group, name)
             self._impl.write_small(key, array)
             self._small[key] = _entry(array.shape, array.dtype, [],
@@ -380,3 +381,12 @@ def _entry(shape: tuple, dtype: np.dtype, chunks: list[int],
            checksum: dict[str, Any]) -> dict[str, Any]:
     return {"shape": [int(d) for d in shape], "dtype": np.dtype(dtype).str,
             "chunks": [int(c) for c in chunks], "checksum": checksum}
+
+
+def __getattr__(name: str) -> Any:
+    """``CacheReader`` and ``open_cache`` moved to :mod:`ltpipe.cache.reader`; old imports work."""
+    if name in ("CacheReader", "open_cache"):
+        from ltpipe.cache import reader
+
+        return getattr(reader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
