@@ -200,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     except LtpipeError as err:
         print(f"ltpipe {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a missing or unwritable path: one readable line
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"ltpipe {args.command}: error: {err.strerror or err}{where}; free space or fix "
+              "the path, then rerun (nothing finished was overwritten)", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 

@@ -291,7 +291,7 @@ def _check_dataset(ds: dict) -> list[str]:
 
 def _check_recipe(cfg: dict, rc: dict) -> list[str]:
     from ltpipe.losses import LOSSES
-    from ltpipe.models import model_names
+    from ltpipe.models import check_model_kwargs, model_names
     from ltpipe.train.stage1 import RECIPE_DEFAULTS
 
     out = []
@@ -302,6 +302,11 @@ def _check_recipe(cfg: dict, rc: dict) -> list[str]:
     if rc["backbone"] not in model_names():
         out.append(f"backbone: {rc['backbone']!r} is not registered; choose one of "
                    f"{sorted(model_names())}")
+    else:
+        try:
+            check_model_kwargs(rc["backbone"], rc.get("backbone_kwargs", {}))
+        except LtpipeError as err:
+            out.append(f"backbone_kwargs: {err}")
     loss = rc.get("loss", RECIPE_DEFAULTS.get("loss", "ce"))
     if loss not in LOSSES:
         out.append(f"loss: {loss!r} is not registered; choose one of {sorted(LOSSES)}")
@@ -354,6 +359,12 @@ def _check_classifier(cfg: dict, name: str, cc: dict) -> list[str]:
             out.append(f"settings.{key}: an empty sweep; give at least one value")
         elif isinstance(value, list) and len(set(map(repr, value))) != len(value):
             out.append(f"settings.{key}: the sweep {value} repeats a value")
+        else:
+            for v in value if isinstance(value, list) else [value]:
+                if not _same_kind(v, defaults[key]):
+                    out.append(f"settings.{key}: {v!r} is not of the setting's type (default "
+                               f"{defaults[key]!r}); give a {_kind_name(defaults[key])}")
+                    break
     if method == "ffn":
         w1 = settings.get("w1", defaults.get("w1"))
         for v in w1 if isinstance(w1, list) else [w1]:
@@ -361,3 +372,22 @@ def _check_classifier(cfg: dict, name: str, cc: dict) -> list[str]:
                 out.append(f"settings.w1: fusion weight {v!r} outside [0, 1]; w1 weights the "
                            "KPS feature and 1 - w1 the CE feature, so they sum to 1")
     return out
+
+
+def _kind_name(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, (int, float)):
+        return "number"
+    return type(default).__name__
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether ``value`` can stand where ``default`` does (None defaults accept anything)."""
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, type(default))

@@ -4,8 +4,9 @@ One run of the real Snakefile with workflow/profiles/slurm on a shrunken default
 imbalance factor, 2 epochs), module scoped, checked for: success; every non-local job submitted
 through sbatch with the profile's requests (GPU, wall time, memory, requeue) as Slurm recorded
 them; the classify jobs batched into few group submissions; and a summary identical to a local
-run of the same config. A second, toy workflow checks the profile's checkpoint signal: the train
-rule's command gets SIGTERM before its time limit, and the retry resumes from its checkpoint.
+run of the same config (run alongside). A toy workflow checks the profile's checkpoint signal:
+the train rule's command gets SIGTERM before its time limit, and the retry resumes from its
+checkpoint. The cluster: tests/slurm_cluster.py (skips only without root or Slurm, outside CI).
 
 The only command-line additions to the profile are those a one-node test cluster needs:
 --cores (its CPU count) and --slurm-status-command squeue (no accounting database), plus a short
@@ -107,25 +108,40 @@ def scontrol_job(cluster: SlurmCluster, jobid: int) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def slurm_run(slurm_cluster, tmp_path_factory):  # noqa: F811 (pytest fixture argument)
+def runs(slurm_cluster, tmp_path_factory):  # noqa: F811 (pytest fixture argument)
+    """The Slurm run, and beside it (it mostly waits on Slurm) a local run of the same config."""
     assert slurm_cluster.cpus >= CORES, f"the test node has {slurm_cluster.cpus} CPUs < {CORES}"
-    work = tmp_path_factory.mktemp("slurm_run")
-    config = shrink_config(work)
-    env = job_env(slurm_cluster.env, work / "bin")
-    start = time.monotonic()
-    log = run_snakemake(work, ["--configfile", str(config), *slurm_args()], env)
-    return work, log, time.monotonic() - start
+    local_work = tmp_path_factory.mktemp("local_run")
+    local_config = shrink_config(local_work)
+    # Same threads per job as the Slurm run (profile: classify gets all of --cores).
+    local = start_snakemake(local_work, ["--configfile", str(local_config), "--cores", str(CORES),
+                                         "--set-threads", f"classify={CORES}"],
+                            job_env(dict(os.environ), local_work / "bin"))
+    try:
+        work = tmp_path_factory.mktemp("slurm_run")
+        config = shrink_config(work)
+        start = time.monotonic()
+        log = run_snakemake(work, ["--configfile", str(config), *slurm_args()],
+                            job_env(slurm_cluster.env, work / "bin"))
+        seconds = time.monotonic() - start
+        local_rc = local.wait(timeout=1200)
+    finally:
+        if local.poll() is None:
+            local.kill()
+    return {"work": work, "log": log, "seconds": seconds, "local_work": local_work,
+            "local_rc": local_rc}
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("local_run")
-    config = shrink_config(work)
-    env = job_env(dict(os.environ), work / "bin")
-    # Same threads per job as the Slurm run (profile: classify gets all of --cores).
-    run_snakemake(work, ["--configfile", str(config), "--cores", str(CORES),
-                         "--set-threads", f"classify={CORES}"], env)
-    return work
+def slurm_run(runs):
+    return runs["work"], runs["log"], runs["seconds"]
+
+
+@pytest.fixture(scope="module")
+def local_run(runs):
+    out = (runs["local_work"] / "snakemake.out").read_text()
+    assert runs["local_rc"] == 0, f"the local run failed:\n{out[-6000:]}"
+    return runs["local_work"]
 
 
 def planned_classify_jobs(work: Path) -> int:

@@ -21,6 +21,7 @@ from ltpipe.cache.store import (
     FIX,
     CacheError,
     backend_module,
+    checksum_function,
     detect_backend,
     read_manifest,
 )
@@ -102,13 +103,33 @@ class CacheReader:
             return self._impl.read_range(key, 0, 0)
         n = shape[0]
         if rows is None:
-            return self._impl.read_range(key, 0, n)
+            return self._checked(key, entry, self._impl.read_range(key, 0, n))
         if isinstance(rows, slice):
             start, stop, step = rows.indices(n)
             if step == 1:
                 return self._impl.read_range(key, start, max(start, stop))
             rows = np.arange(start, stop, step)
         return self._gather(key, shape, _row_indices(key, rows, n))
+
+    def _checked(self, key: str, entry: dict, array: np.ndarray) -> np.ndarray:
+        """``array`` (a whole-array read) if every chunk matches the manifest's checksum.
+
+        CRC-32C runs at several GB/s, so a job pays little to never compute on a corrupted
+        cache; a mismatch raises ``CacheError`` naming the array and the chunks.
+        """
+        spec = entry.get("checksum") or {}
+        size, values = int(spec.get("chunk_rows", 0)), spec.get("values", [])
+        if size <= 0 or not values:
+            return array
+        checksum = checksum_function(str(spec.get("algorithm")))
+        bad = [i for i, v in enumerate(values) if checksum(array[i * size:(i + 1) * size]) != v]
+        if bad:
+            shown = ", ".join(f"{i} (rows {i * size}:{min((i + 1) * size, len(array))})"
+                              for i in bad[:5])
+            raise CacheError(f"{key} in {self.path}: chunk(s) {shown}"
+                             f"{' and more' if len(bad) > 5 else ''} fail their "
+                             f"{spec.get('algorithm')} checksum: the cache is corrupted; {FIX}")
+        return array
 
     def _gather(self, key: str, shape: tuple, idx: np.ndarray) -> np.ndarray:
         uniq, inverse = np.unique(idx, return_inverse=True)

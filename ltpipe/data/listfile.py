@@ -42,29 +42,34 @@ def parse_list_file(path: str | Path, num_classes: int) -> tuple[list[str], np.n
         )
     paths: list[str] = []
     labels: list[int] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise LtpipeError(
-                    f"{path}:{lineno}: expected 'relative/path label' (two fields), got "
-                    f"{len(fields)} fields: {line.strip()!r}"
-                )
-            try:
-                label = int(fields[1])
-            except ValueError:
-                raise LtpipeError(
-                    f"{path}:{lineno}: label {fields[1]!r} is not an integer"
-                ) from None
-            if not 0 <= label < num_classes:
-                raise LtpipeError(
-                    f"{path}:{lineno}: label {label} is outside [0, {num_classes}); "
-                    "check the list file or dataset.num_classes"
-                )
-            paths.append(fields[0])
-            labels.append(label)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        lineno = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise LtpipeError(f"{path}:{lineno}: not UTF-8 text ({err.reason} at byte {err.start}); "
+                          "save the list file as UTF-8") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise LtpipeError(
+                f"{path}:{lineno}: expected 'relative/path label' (two fields), got "
+                f"{len(fields)} fields: {line.strip()!r}"
+            )
+        try:
+            label = int(fields[1])
+        except ValueError:
+            raise LtpipeError(
+                f"{path}:{lineno}: label {fields[1]!r} is not an integer"
+            ) from None
+        if not 0 <= label < num_classes:
+            raise LtpipeError(
+                f"{path}:{lineno}: label {label} is outside [0, {num_classes}); "
+                "check the list file or dataset.num_classes"
+            )
+        paths.append(fields[0])
+        labels.append(label)
     if not paths:
         raise LtpipeError(f"list file {path} has no entries; expected 'relative/path label' lines")
     return paths, np.asarray(labels, dtype=np.int64)

@@ -9,8 +9,15 @@ from ltpipe.models import cifar_resnet, tv_resnet  # noqa: F401  (registers the 
 from ltpipe.models.afa import AFAModule, lbls_loss
 from ltpipe.models.base import Backbone, LTModel
 from ltpipe.models.heads import CosineHead, LinearHead
-from ltpipe.models.registry import MODELS, build_model, model_from_spec, model_names, register_model
+from ltpipe.models.registry import (
+    MODELS,
+    build_model,
+    check_model_kwargs,
+    model_from_spec,
+    model_names,
+    register_model,
+)
 
 __all__ = ["MODELS", "AFAModule", "Backbone", "CosineHead", "LTModel", "LinearHead",
-           "build_model", "lbls_loss", "model_from_spec", "model_names", "register_model",
-           "cifar_resnet", "tv_resnet"]
+           "build_model", "check_model_kwargs", "lbls_loss", "model_from_spec", "model_names",
+           "register_model", "cifar_resnet", "tv_resnet"]

@@ -59,6 +59,14 @@ def _check_kwargs(name: str, ctor: Callable[..., Any], kwargs: dict[str, Any]) -
                               f"arguments among {allowed}; remove or rename it")
 
 
+def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    """Raise ``LtpipeError`` if ``kwargs`` are not settings of registered model ``name``
+    (what ``build_model`` checks, without building anything)."""
+    if name not in MODELS:
+        raise LtpipeError(f"unknown model {name!r}; registered: {model_names()}")
+    _check_kwargs(name, MODELS[name], kwargs)
+
+
 def _afa_hw(input_size: Any, strides: list[int]) -> int:
     """H * W at the last stage's input for an input of ``input_size`` (int or [H, W])."""
     sides = [input_size, input_size] if isinstance(input_size, int) else list(input_size)

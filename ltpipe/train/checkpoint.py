@@ -9,6 +9,7 @@ functions, so that ``from ltpipe.train.stage1 import RECIPE_DEFAULTS`` stays che
 
 from __future__ import annotations
 
+import errno
 import random
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,21 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` to a temporary sibling, then rename onto ``path``."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except (OSError, RuntimeError) as err:
+        # torch.save reports a full disk as RuntimeError('... unexpected pos ...')
+        import shutil
+
+        free = shutil.disk_usage(Path(path).parent).free
+        full = (err.errno == errno.ENOSPC if isinstance(err, OSError)
+                else "unexpected pos" in str(err) or free < (1 << 20))
+        if not full:
+            raise
+        raise LtpipeError(f"could not write {path}: No space left on device ({free} bytes free "
+                          f"there; {type(err).__name__}: {str(err)[:120]}); free some space "
+                          "and rerun: training resumes from the last good checkpoint") from None
 
 
 def load_file(path: str | Path, kind: str, map_location: Any = "cpu") -> dict[str, Any]:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ltpipe.train.augment import apply_crop_flip, augment_batch, default_pad, draw_crop_flip
+from ltpipe.utils import LtpipeError
 
 NORM_MAX_FILES = 2000  # file-list data: images sampled (evenly spaced) to estimate mean / std
 
@@ -46,7 +47,8 @@ def subset(data: Any, indices: np.ndarray) -> Any:
     return dataclasses.replace(data, **fields)
 
 
-def compute_normalization(data: Any, image_size: int = 224) -> dict[str, Any]:
+def compute_normalization(data: Any, image_size: int = 224,
+                          workers: int | None = None) -> dict[str, Any]:
     """Per-channel mean and std (population, [0, 1] scale) of the training images."""
     if is_in_memory(data):
         images = data.images
@@ -61,10 +63,11 @@ def compute_normalization(data: Any, image_size: int = 224) -> dict[str, Any]:
         extra: dict[str, Any] = {}
     else:
         picks = np.unique(np.linspace(0, len(data) - 1, min(len(data), NORM_MAX_FILES)).astype(int))
-        loader = _file_loader(subset(data, picks), _eval_transform(image_size), 256, "cpu")
+        loader = _file_loader(subset(data, picks), _eval_transform(image_size), 256, "cpu",
+                              workers=workers)
         total = total_sq = np.zeros(3)
         count = 0
-        for imgs, _ in loader:
+        for imgs, _ in batches_of(loader):
             x = imgs.double().permute(0, 2, 3, 1).reshape(-1, imgs.shape[1]).numpy()
             total = total + x.sum(0)
             total_sq = total_sq + (x * x).sum(0)
@@ -141,6 +144,28 @@ def _file_loader(data: Any, transform, batch_size: int, device: str | torch.devi
                       generator=torch.Generator().manual_seed(seed))
 
 
+def batches_of(loader) -> Iterator:
+    """Iterate a DataLoader. An ``LtpipeError`` raised in a worker (a corrupt image, say) comes
+    back as itself with its own one-line message, not wrapped in the worker's traceback text."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except LtpipeError as err:
+            raise LtpipeError(worker_message(str(err))) from None
+        yield batch
+
+
+def worker_message(text: str) -> str:
+    """The original message of an error that torch re-raised from a DataLoader worker."""
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    return last.split("LtpipeError: ", 1)[-1].strip()
+
+
 # ---- training batches ---------------------------------------------------------------------
 
 class TrainBatches:
@@ -177,7 +202,7 @@ class TrainBatches:
         perm = torch.randperm(self.n, generator=generator)
         if not self.in_memory:
             self.sampler.indices = perm[start_step * self.batch_size:].tolist()
-            for imgs, y in self.loader:
+            for imgs, y in batches_of(self.loader):
                 x = normalize_nchw(imgs.to(self.device, non_blocking=True), self.mean, self.std)
                 yield x, y.to(self.device, non_blocking=True)
             return
@@ -232,7 +257,7 @@ def _ordered_batches(data, normalization, batch_size, device, augment, seed):
     size = int(normalization.get("image_size", 224))
     transform = _eval_transform(size) if augment is None else _train_transform(size, augment)
     start = 0
-    for imgs, y in _file_loader(data, transform, batch_size, device, seed=seed):
+    for imgs, y in batches_of(_file_loader(data, transform, batch_size, device, seed=seed)):
         end = start + len(y)
         yield (normalize_nchw(imgs.to(device, non_blocking=True), mean, std), y.to(device),
                ids_all[start:end].to(device))

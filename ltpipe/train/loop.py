@@ -52,8 +52,8 @@ class Stage1Trainer:
         self.cfg, self.seed = recipe, seed
         self.device = torch.device(device)
         self.on_gpu = self.device.type == "cuda"
-        self.normalization = normalization or compute_normalization(train_data,
-                                                                    recipe["image_size"])
+        self.normalization = normalization or compute_normalization(
+            train_data, recipe["image_size"], workers=recipe["loader_workers"])
         in_channels = int(train_data.images.shape[-1]) if is_in_memory(train_data) else 3
         kwargs = dict(recipe["backbone_kwargs"])
         afa_model = None
