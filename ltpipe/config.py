@@ -232,6 +232,30 @@ def classifier_job(cfg: dict, clf: str, point: str) -> dict:
     raise LtpipeError(f"classifier {clf!r} has no sweep point {point!r}")
 
 
+def classifier_inputs(cfg: dict, wc: Any) -> dict:
+    """Input files of one classify job (``wc``: the rule's wildcards): split, caches, models."""
+    results = cfg.get("results", "results")
+    key_dir = f"{wc.dataset}/if{wc.imb}/s{wc.split_seed}"
+    backbones = cfg["classifiers"][wc.classifier]["backbones"]
+    return {
+        "split": f"{results}/{key_dir}/split.npz",
+        "caches": [cache_path(cfg, key_dir, b, int(wc.seed)) for b in backbones],
+        "models": [f"{results}/{key_dir}/{b}/t{wc.seed}/model.pt" for b in backbones],
+    }
+
+
+def classifier_info(cfg: dict, wc: Any) -> str:
+    """The row labels a classify job writes into its metrics.json (JSON)."""
+    return as_json({
+        "dataset": wc.dataset,
+        "imbalance_factor": wc.imb,
+        "split_seed": int(wc.split_seed),
+        "classifier": wc.classifier,
+        "point": wc.point,
+        "backbones": cfg["classifiers"][wc.classifier]["backbones"],
+    })
+
+
 def as_json(obj: Any) -> str:
     """Canonical JSON (sorted keys): the form params take, so equal settings compare equal."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))

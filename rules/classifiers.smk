@@ -2,38 +2,15 @@
 # Jobs share the group "stage2" so that a cluster run submits them in a few batches.
 
 
-def _classifier_inputs(wc):
-    backbones = config["classifiers"][wc.classifier]["backbones"]
-    split_dir = f"{R}/{wc.dataset}/if{wc.imb}/s{wc.split_seed}"
-    return {
-        "split": f"{split_dir}/split.npz",
-        "caches": [cache_path(config, split_dir[len(R) + 1 :], b, wc.seed) for b in backbones],
-        "models": [f"{split_dir}/{b}/t{wc.seed}/model.pt" for b in backbones],
-    }
-
-
-def _classifier_info(wc):
-    return as_json(
-        {
-            "dataset": wc.dataset,
-            "imbalance_factor": wc.imb,
-            "split_seed": int(wc.split_seed),
-            "classifier": wc.classifier,
-            "point": wc.point,
-            "backbones": config["classifiers"][wc.classifier]["backbones"],
-        }
-    )
-
-
 rule classify:
     input:
-        unpack(_classifier_inputs),
+        unpack(lambda wc: classifier_inputs(config, wc)),
     output:
         metrics=f"{SPLIT_DIR}/cls/{{classifier}}/t{{seed}}/{{point}}/metrics.json",
         logits=f"{SPLIT_DIR}/cls/{{classifier}}/t{{seed}}/{{point}}/logits.npz",
     params:
         job=lambda wc: as_json(classifier_job(config, wc.classifier, wc.point)),
-        info=_classifier_info,
+        info=lambda wc: classifier_info(config, wc),
     log:
         f"{LOGS}/classify/{{dataset}}_if{{imb}}_s{{split_seed}}_{{classifier}}_t{{seed}}_{{point}}.log",
     threads: 1

@@ -9,6 +9,8 @@ from ltpipe.config import (
     as_json,
     cache_path,
     check_config,
+    classifier_info,
+    classifier_inputs,
     classifier_job,
     dump_settings,
     load_yaml_strict,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dryrun import job_counts as planned_jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESET_DIR = ROOT / "workflow" / "presets"
@@ -129,24 +130,6 @@ def test_shot_thresholds_give_the_documented_groups():
 
 
 # ---------------------------------------------------------------------------------- dry runs
-def planned_jobs(text: str) -> dict[str, int]:
-    """Rule -> job count from a dry run's 'Job stats' table (as tests/test_workflow.py)."""
-    counts: dict[str, int] = {}
-    in_table = False
-    for line in text.splitlines():
-        if re.match(r"^job\s+count", line.strip()):
-            in_table = True
-            continue
-        if in_table:
-            m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-            if m and m.group(1) != "total":
-                counts[m.group(1)] = int(m.group(2))
-            elif line.strip().startswith("total"):
-                break
-    assert counts, f"no job table in dry run output:\n{text[-3000:]}"
-    return counts
-
-
 def planned_blocks(text: str) -> list[dict]:
     """Each job of a dry run as {'rule', 'input', 'wildcards': {...}}."""
     jobs: list[dict] = []

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dryrun import job_counts
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -35,24 +35,8 @@ def snakemake(workdir: Path, *args: str, config: Path | None = None,
 
 
 def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
-    """Rule -> job count from a dry run's 'Job stats' table ({} when nothing is to be done)."""
-    text = proc.stdout + proc.stderr
-    if "Nothing to be done" in text:
-        return {}
-    counts: dict[str, int] = {}
-    in_table = False
-    for line in text.splitlines():
-        if re.match(r"^job\s+count", line.strip()):
-            in_table = True
-            continue
-        if in_table:
-            m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-            if m and m.group(1) != "total":
-                counts[m.group(1)] = int(m.group(2))
-            elif line.strip().startswith("total"):
-                break
-    assert counts, f"no job table in dry run output:\n{text[-3000:]}"
-    return counts
+    """Rule -> job count of a dry run ({} when nothing is to be done)."""
+    return job_counts(proc.stdout + proc.stderr)
 
 
 @pytest.fixture(scope="module")
