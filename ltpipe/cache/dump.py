@@ -74,7 +74,7 @@ def dump_cache(split_path: str | Path, model_path: str | Path, out_path: str | P
         for part in parts:
             data = split_data(split, part)
             n = _write_part(writer, part, model, data, meta, scale, fmap_dtype, settings, device,
-                            head_w, log)
+                            head_w)
             log(f"dump: {part}: {n} samples")
         views = int(settings.get("augmented_views", 0))
         if views:
@@ -90,7 +90,7 @@ def dump_cache(split_path: str | Path, model_path: str | Path, out_path: str | P
     return manifest
 
 
-def _create_arrays(writer, group: str, model, n: int, fmap_shape: tuple, num_classes: int,
+def _create_arrays(writer, group: str, n: int, fmap_shape: tuple, num_classes: int,
                    fmap_dtype: np.dtype, extra: tuple = ()) -> None:
     d, h, w = fmap_shape
     writer.create(group, "pooled", (d,), np.float32, expected_rows=n)
@@ -112,7 +112,7 @@ def _append_batch(writer, group: str, model, x, y, ids, scale: float, fmap_dtype
         fmap = out["fmap"].float()
         cam = class_activation_maps(fmap, head_w.float(), y)
     if not created.get(group):
-        _create_arrays(writer, group, model, n_total, tuple(fmap.shape[1:]),
+        _create_arrays(writer, group, n_total, tuple(fmap.shape[1:]),
                        out["logits"].shape[1], fmap_dtype, tuple(extra or ()))
         created[group] = True
     writer.append(group, "pooled", out["pooled"].float().cpu().numpy())
@@ -125,8 +125,8 @@ def _append_batch(writer, group: str, model, x, y, ids, scale: float, fmap_dtype
         writer.append(group, name, np.full(len(y), value, dtype=np.int64))
 
 
-def _write_part(writer, part, model, data, meta, scale, fmap_dtype, settings, device, head_w,
-                log) -> int:
+def _write_part(writer, part, model, data, meta, scale, fmap_dtype, settings, device,
+                head_w) -> int:
     from ltpipe.train.inputs import eval_batches
 
     created: dict = {}
