@@ -7,15 +7,19 @@ of timed steps on CIFAR-sized random uint8 data (the values do not matter for sp
   ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize`` into a
   ``DataLoader`` (``--ref-workers`` workers, pin_memory on GPU); fp32, NCHW, plain SGD step;
 - ltpipe: ``Stage1Trainer.train_epoch``, the loop ``train_stage1`` runs (data on the device as
-  uint8, batched crop/flip there, channels_last, bf16 autocast on GPU, optional torch.compile).
+  uint8, batched crop/flip there, channels_last, bf16 autocast on GPU);
+- with ``--compile``, a third loop: the same trainer with ``compile: <--compile-mode>``
+  (torch.compile; its compile time falls in the untimed warm-up epochs).
 
 Usage (device auto: CUDA when present)::
 
     python benchmarks/stage1_speed.py [--rounds 5] [--steps 8] [--batch-size 128]
-        [--threads 2] [--ref-workers 2] [--compile] [--device cpu|cuda]
+        [--threads 2] [--ref-workers 2] [--compile [--compile-mode MODE]] [--device cpu|cuda]
 
-The two loops alternate in rounds (a round of one, then a round of the other) so that a
-shared machine's load drift hits both alike; the medians and their ratio are printed.
+The loops alternate in rounds (a round of each in turn) so that a shared machine's load drift
+hits all alike. Printed: each loop's median images/s, and each ratio to the reference twice: as
+the ratio of the medians and as the median of the per-round ratios (a round of ltpipe over the
+reference round just before it), which is the steadier of the two on a noisy machine.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ltpipe.data import InMemoryData  # noqa: E402
 from ltpipe.models import build_model  # noqa: E402
 from ltpipe.train.loop import Stage1Trainer  # noqa: E402
-from ltpipe.train.recipe import normalize_recipe  # noqa: E402
+from ltpipe.train.recipe import COMPILE_MODES, normalize_recipe  # noqa: E402
 
 NUM_CLASSES = 10
 
@@ -99,7 +103,9 @@ def reference_rounds(images, labels, device, batch_size, warmup, steps, workers)
 
 
 def ltpipe_rounds(images, labels, device, batch_size, warmup, steps, compile_):
-    """Generator: each ``next()`` times one ``Stage1Trainer.train_epoch`` of ``steps`` steps."""
+    """Generator: each ``next()`` times one ``Stage1Trainer.train_epoch`` of ``steps`` steps.
+
+    ``compile_``: the recipe's ``compile`` value (False, True or a torch.compile mode)."""
     n = batch_size * steps
     recipe = normalize_recipe({"backbone": "resnet32", "batch_size": batch_size, "epochs": 1000,
                                "warmup_epochs": 0, "augment": "crop_flip", "compile": compile_})
@@ -138,7 +144,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--ref-workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="DataLoader workers of the reference loop")
-    p.add_argument("--compile", action="store_true", help="torch.compile the ltpipe model")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the ltpipe trainer with torch.compile (a third loop)")
+    p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                   help="torch.compile mode of that loop")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     args = p.parse_args()
     if args.threads:
@@ -155,23 +164,35 @@ def main() -> None:
           f"{os.cpu_count()}, ResNet-32, batch {args.batch_size}, {args.rounds} alternating "
           f"rounds of {args.steps} timed steps after {args.warmup} warm-up steps, reference "
           f"workers {args.ref_workers}")
-    ref = reference_rounds(images, labels, device, args.batch_size, args.warmup, args.steps,
-                           args.ref_workers)
-    ours = ltpipe_rounds(images, labels, device, args.batch_size, args.warmup, args.steps,
-                         args.compile)
-    rates = {"ref": [], "ours": []}
-    for _ in range(args.rounds):  # alternate, so that load drift hits both loops alike
-        rates["ref"].append(next(ref))
-        rates["ours"].append(next(ours))
+    loops = {"ref": ("reference (PIL + DataLoader, fp32)",
+                     reference_rounds(images, labels, device, args.batch_size, args.warmup,
+                                      args.steps, args.ref_workers))}
     amp = "bf16 autocast, " if device.type == "cuda" else ""
-    label = f"ltpipe ({amp}channels_last{', compiled' if args.compile else ''})"
-    print(f"{'loop':<42}{'median img/s':>14}   per round")
-    for key, text in (("ref", "reference (PIL + DataLoader, fp32)"), ("ours", label)):
-        rounds = " ".join(f"{r:.1f}" for r in rates[key])
-        print(f"{text:<42}{statistics.median(rates[key]):>14.1f}   {rounds}")
-    ratio = statistics.median(rates["ours"]) / statistics.median(rates["ref"])
-    per_round = " ".join(f"{o / r:.2f}" for o, r in zip(rates["ours"], rates["ref"]))
-    print(f"ratio ltpipe / reference (medians): {ratio:.2f}x   per round: {per_round}")
+    loops["ours"] = (f"ltpipe ({amp}channels_last)",
+                     ltpipe_rounds(images, labels, device, args.batch_size, args.warmup,
+                                   args.steps, False))
+    if args.compile:
+        mode = args.compile_mode
+        loops["compiled"] = (f"ltpipe ({amp}channels_last, compile {mode})",
+                             ltpipe_rounds(images, labels, device, args.batch_size, args.warmup,
+                                           args.steps, True if mode == "default" else mode))
+    rates: dict[str, list[float]] = {key: [] for key in loops}
+    for _ in range(args.rounds):  # alternate, so that load drift hits every loop alike
+        for key, (_, rounds) in loops.items():
+            rates[key].append(next(rounds))
+    width = max(len(text) for text, _ in loops.values()) + 2
+    print(f"{'loop':<{width}}{'median img/s':>14}   per round")
+    for key, (text, _) in loops.items():
+        per_round = " ".join(f"{r:.1f}" for r in rates[key])
+        print(f"{text:<{width}}{statistics.median(rates[key]):>14.1f}   {per_round}")
+    ref = statistics.median(rates["ref"])
+    for key, (text, _) in loops.items():
+        if key == "ref":
+            continue
+        paired = [o / r for o, r in zip(rates[key], rates["ref"], strict=True)]
+        print(f"ratio {text} / reference: {statistics.median(rates[key]) / ref:.2f}x of the "
+              f"medians, {statistics.median(paired):.2f}x median of the rounds' ratios "
+              f"({' '.join(f'{r:.2f}' for r in paired)})")
 
 
 if __name__ == "__main__":

@@ -156,6 +156,35 @@ def test_recipe_errors_name_the_key(split_path, tmp_path):
         _run(split_path, tmp_path / "m.pt", {"schedule": "step"})
     with pytest.raises(LtpipeError, match="afa and mixup"):
         _run(split_path, tmp_path / "m.pt", {"afa": {}, "mixup_alpha": 1.0})
+    with pytest.raises(LtpipeError, match="compile='fast'.*'reduce-overhead'"):
+        _run(split_path, tmp_path / "m.pt", {"compile": "fast"})
+    with pytest.raises(LtpipeError, match="compile cannot be combined with afa.*compile: false"):
+        _run(split_path, tmp_path / "m.pt", {"afa": {}, "compile": True})
+    assert not list(tmp_path.iterdir())  # nothing written for a refused recipe
+
+
+def test_compiled_trainer_follows_the_eager_one(split_path):
+    """compile: true on the CPU (inductor) trains the same model to the same numbers, up to
+    float reassociation in the fused kernels; the checkpointed weights are the plain module's."""
+    from ltpipe.data import read_split, split_data
+    from ltpipe.train.loop import Stage1Trainer
+    from ltpipe.train.recipe import normalize_recipe
+
+    data = split_data(read_split(split_path), "train")
+    counts = np.bincount(data.labels, minlength=10)
+    runs = {}
+    for compile_ in (False, True):
+        trainer = Stage1Trainer(data, counts, 10, normalize_recipe({**TINY, "compile": compile_}),
+                                "cpu", seed=0)
+        assert (trainer.forward is trainer.model) is (not compile_)
+        metrics = trainer.train_epoch(0)
+        runs[compile_] = (metrics, trainer.state_dict()["model_state"])
+    (m_eager, w_eager), (m_comp, w_comp) = runs[False], runs[True]
+    assert m_comp["images"] == m_eager["images"] == STEPS_PER_EPOCH * 32
+    assert m_comp["loss"] == pytest.approx(m_eager["loss"], rel=1e-3)
+    assert w_comp.keys() == w_eager.keys()  # no "_orig_mod." prefix in the saved state
+    for key in w_eager:
+        assert torch.allclose(w_comp[key].float(), w_eager[key].float(), atol=1e-3), key
 
 
 def test_load_checkpoint_errors(tmp_path):

@@ -78,8 +78,9 @@ class Stage1Trainer:
                                     recipe["loader_workers"])
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.forward = self.model
-        if recipe["compile"] and recipe["afa"] is None:
-            self.forward = torch.compile(self.model)
+        if recipe["compile"]:  # normalize_recipe refuses compile with afa
+            mode = None if recipe["compile"] is True else recipe["compile"]
+            self.forward = torch.compile(self.model, mode=mode)
         self.use_amp = self.on_gpu and recipe["amp"] == "bf16"
         self.global_step = 0
         self.afa_generator: torch.Generator | None = None
