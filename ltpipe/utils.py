@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
+import re
 import shutil
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,10 +22,75 @@ class LtpipeError(Exception):
     """Bad input or a bad artifact; the message says what is wrong and how to fix it."""
 
 
+def _host() -> str:
+    """This machine's short host name, with characters unsafe in a file name replaced."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname().split(".")[0]) or "host"
+
+
 def tmp_sibling(path: str | os.PathLike) -> Path:
-    """A temporary name in the same directory as ``path`` (same filesystem, so rename is atomic)."""
+    """A temporary name in the same directory as ``path`` (same filesystem, so rename is atomic).
+
+    The name is ``.<name>.tmp-<host>-<pid>-<random>``. Temporaries of ``path`` that a killed
+    process left behind (same host, process no longer running) are removed first, so a killed
+    dump or training job does not leave its partial output on disk for good.
+    """
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{random.randrange(1 << 30):08x}")
+    remove_stale_tmps(path)
+    return path.with_name(
+        f".{path.name}.tmp-{_host()}-{os.getpid()}-{random.randrange(1 << 30):08x}")
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def stale_tmps(path: str | os.PathLike) -> list[Path]:
+    """Temporaries of ``path`` (see ``tmp_sibling``) whose writer is gone: made on this host by
+    a process that is no longer running. Those of other hosts (a shared filesystem) or of a
+    running process are never listed."""
+    path = Path(path)
+    prefix = f".{path.name}.tmp-"
+    host, found = _host(), []
+    if not path.parent.is_dir():
+        return found
+    for entry in path.parent.iterdir():
+        if not entry.name.startswith(prefix):
+            continue
+        parts = entry.name[len(prefix):].rsplit("-", 2)
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue  # another host's, or an older name without the host: not ours to judge
+        pid = int(parts[1])
+        if pid != os.getpid() and not _pid_running(pid):
+            found.append(entry)
+    return sorted(found)
+
+
+def remove_stale_tmps(path: str | os.PathLike) -> list[Path]:
+    """Remove ``stale_tmps(path)``; log (warning) and return what was removed."""
+    removed = []
+    for entry in stale_tmps(path):
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except FileNotFoundError:  # another process cleaned it first
+            continue
+        except OSError as err:
+            logging.getLogger("ltpipe").warning("could not remove stale temporary %s: %s",
+                                                entry, err)
+            continue
+        removed.append(entry)
+        logging.getLogger("ltpipe").warning(
+            "ltpipe: removed %s, a partial output of process %s, which is no longer running",
+            entry, entry.name.rsplit("-", 2)[1])
+    return removed
 
 
 @contextmanager
