@@ -24,7 +24,11 @@ for _path in workflow.configfiles:
     load_yaml_strict(_path)  # refuses duplicate keys, which plain YAML silently drops
 validate_schema(config)  # readable messages naming the key and the fix
 validate(config, "../workflow/schemas/config.schema.yaml")  # fills schema defaults
-check_config(config)  # what a schema cannot express: registered names, references, sweeps
+if workflow.is_main_process:
+    # what a schema cannot express: registered names, references, sweeps. It imports torch
+    # (~2 s), so only the main process runs it: a job that a cluster executor starts runs
+    # Snakemake again on the node, with the config the main process already checked.
+    check_config(config)
 
 R = config["results"]
 SPLIT_DIR = f"{R}/{{dataset}}/if{{imb}}/s{{split_seed}}"

@@ -26,10 +26,10 @@ from ltpipe.models.cifar_resnet import ShortcutA
 from ltpipe.utils import LtpipeError
 
 CIFAR = ["resnet8", "resnet20", "resnet32"]
-TORCHVISION = ["resnet10", "resnet50", "resnext50_32x4d", "resnet152"]
+TORCHVISION = ["resnet10", "resnet18", "resnet34", "resnet50", "resnext50_32x4d", "resnet152"]
 META = ["resnext50_32x4d", "resnet152"]  # checked on the meta device only (too slow on 2 CPUs)
-FEATURE_DIM = {"resnet8": 64, "resnet20": 64, "resnet32": 64, "resnet10": 512,
-               "resnet50": 2048, "resnext50_32x4d": 2048, "resnet152": 2048}
+FEATURE_DIM = {"resnet8": 64, "resnet20": 64, "resnet32": 64, "resnet10": 512, "resnet18": 512,
+               "resnet34": 512, "resnet50": 2048, "resnext50_32x4d": 2048, "resnet152": 2048}
 # Input side used in the tests, and the final map side it gives (CIFAR: /4; torchvision: /32).
 SIDE = {**{n: (32, 8) for n in CIFAR}, **{n: (32, 1) for n in TORCHVISION}}
 SMALL = CIFAR + ["resnet10"]
@@ -165,6 +165,25 @@ def test_torchvision_param_counts_and_shapes_on_meta(name):
     assert ours.feature_dim == reference.fc.in_features == FEATURE_DIM[name]
     assert out["fmap"].shape == (1, FEATURE_DIM[name], 2, 2)
     assert out["pooled"].shape == (1, FEATURE_DIM[name]) and out["logits"].shape == (1, 1000)
+
+
+@pytest.mark.parametrize(("name", "tv_name", "known"), [("resnet18_cifar", "resnet18", 11_173_962),
+                                                        ("resnet34_cifar", "resnet34", None)])
+def test_cifar_form_of_resnet18_and_34(name, tv_name, known):
+    """FSA's CIFAR ResNet-18: torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool,
+    so 32x32 gives a 4x4 map; its parameter count is torchvision's minus the 7x7 -> 3x3 stem."""
+    import torchvision.models as tvm
+
+    with torch.device("meta"):
+        reference = getattr(tvm, tv_name)(weights=None, num_classes=10)
+        ours = build_model(name, 10)
+        out = ours.forward_all(torch.empty(2, 3, 32, 32))
+    assert n_params(ours) == n_params(reference) - (7 * 7 - 3 * 3) * 3 * 64
+    if known is not None:
+        assert n_params(ours) == known  # the CIFAR ResNet-18 count the CIFAR literature gives
+    assert ours.stem[0].kernel_size == (3, 3) and ours.stem[0].stride == (1, 1)
+    assert isinstance(ours.stem[3], torch.nn.Identity)  # no max-pool
+    assert out["fmap"].shape == (2, 512, 4, 4) and out["logits"].shape == (2, 10)
 
 
 def test_option_a_shortcut_has_no_parameters_and_zero_pads():

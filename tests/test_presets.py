@@ -32,8 +32,8 @@ PRESET_DIR = ROOT / "workflow" / "presets"
 # ImageNet-LT: 5 joint + 4 + tau 21 + h2t 6 + fsa 1 + ffn 11 + 1 + 2 x 30 + afa_crt 1 = 110.
 # Places-LT / iNat: joint + 4 + tau 21 + h2t 6 + fsa 1 = 33. Fashion: 11 entries x 3 IFs.
 EXPECTED = {
-    "cifar10_lt": (5, 25, 25, 550),
-    "cifar100_lt": (5, 25, 25, 550),
+    "cifar10_lt": (5, 30, 30, 555),
+    "cifar100_lt": (5, 30, 30, 555),
     "imagenet_lt": (1, 5, 5, 110),
     "places_lt": (1, 1, 1, 33),
     "inat2018": (1, 1, 1, 33),

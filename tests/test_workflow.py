@@ -129,6 +129,29 @@ def test_bad_config_stops_before_any_job(default_run):
     assert "give a number >= 1" in proc.stderr + proc.stdout
 
 
+def test_job_side_snakemake_skips_the_torch_importing_check(tmp_path):
+    """A cluster job runs Snakemake again on its node (``--mode remote``); the config check that
+    imports torch (~2 s) runs only in the main process, which the bad config below shows: the
+    main process refuses it, a job-side process does not."""
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    env_args = ["-n", "--mode", "subprocess"]
+    job_side = subprocess.run(
+        [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), *env_args],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), PYTHONPROFILEIMPORTTIME="1"))
+    assert job_side.returncode == 0, job_side.stderr[-3000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in job_side.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert "ltpipe.config" in imported and "torch" not in imported
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    first = next(iter(cfg["backbones"]))
+    cfg["backbones"][first]["loss"] = "no_such_loss"  # only check_config knows the losses
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    main = snakemake(tmp_path, "-n", config=tmp_path / "bad.yaml", check=False)
+    assert main.returncode != 0 and "no_such_loss" in main.stdout + main.stderr
+    assert snakemake(tmp_path, *env_args, config=tmp_path / "bad.yaml").returncode == 0
+
+
 def test_lint_is_clean(tmp_path):
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
     proc = snakemake(tmp_path, "--lint", check=False)

@@ -1,7 +1,12 @@
-"""ImageNet-class backbones from torchvision (random init, never pretrained weights).
+"""ImageNet-class backbones from torchvision (random init; see ``ltpipe.models.init_weights``
+for starting from a weights file).
 
-ResNet-10 (torchvision's ResNet class with BasicBlock [1, 1, 1, 1]), ResNet-50, ResNeXt-50 32x4d,
-ResNet-152. The stem is conv1-bn1-relu-maxpool, the stages are layer1..layer4 (the final map F is
+ResNet-10 (torchvision's ResNet class with BasicBlock [1, 1, 1, 1]), ResNet-18, ResNet-34,
+ResNet-50, ResNeXt-50 32x4d, ResNet-152; and ``resnet18_cifar`` / ``resnet34_cifar``, the
+CIFAR form of ResNet-18/34 that FSA reports (the common CIFAR adaptation: a 3x3 stride-1 stem
+conv and no max-pool, so a 32x32 image gives a 512x4x4 final map; projection shortcuts).
+
+The stem is conv1-bn1-relu-maxpool, the stages are layer1..layer4 (the final map F is
 layer4's output; AFA sits between layer3 and layer4); torchvision's avgpool and fc are dropped
 (LTModel pools and owns the head). ``in_channels != 3`` replaces conv1 by a fresh 7x7 stride-2
 conv with that many input channels (torchvision's init for it). torchvision is imported lazily.
@@ -38,6 +43,52 @@ def resnet10(in_channels: int = 3, zero_init_residual: bool = False) -> Backbone
 
     net = ResNet(BasicBlock, [1, 1, 1, 1], zero_init_residual=zero_init_residual)
     return _from_torchvision(net, in_channels)
+
+
+def _cifar_stem(net: nn.Module, in_channels: int) -> Backbone:
+    """torchvision ResNet -> its CIFAR form: 3x3 stride-1 stem conv, no max-pool."""
+    net.conv1 = nn.Conv2d(in_channels, net.conv1.out_channels, kernel_size=3, stride=1, padding=1,
+                          bias=False)
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    net.maxpool = nn.Identity()
+    backbone = _from_torchvision(net, in_channels=3)  # conv1 is already the right one
+    backbone.strides_before_last = [1, 1, 1, 2, 2]
+    backbone.default_input_size = 32
+    return backbone
+
+
+@register_model("resnet18")
+def resnet18(in_channels: int = 3, zero_init_residual: bool = False) -> Backbone:
+    """torchvision ResNet-18 (ImageNet stem); D = 512."""
+    from torchvision.models import resnet18 as ctor
+
+    return _from_torchvision(ctor(weights=None, zero_init_residual=zero_init_residual),
+                             in_channels)
+
+
+@register_model("resnet34")
+def resnet34(in_channels: int = 3, zero_init_residual: bool = False) -> Backbone:
+    """torchvision ResNet-34 (ImageNet stem); D = 512."""
+    from torchvision.models import resnet34 as ctor
+
+    return _from_torchvision(ctor(weights=None, zero_init_residual=zero_init_residual),
+                             in_channels)
+
+
+@register_model("resnet18_cifar")
+def resnet18_cifar(in_channels: int = 3, zero_init_residual: bool = False) -> Backbone:
+    """ResNet-18 in its CIFAR form (FSA's backbone): 512x4x4 final map at 32x32; D = 512."""
+    from torchvision.models import resnet18 as ctor
+
+    return _cifar_stem(ctor(weights=None, zero_init_residual=zero_init_residual), in_channels)
+
+
+@register_model("resnet34_cifar")
+def resnet34_cifar(in_channels: int = 3, zero_init_residual: bool = False) -> Backbone:
+    """ResNet-34 in its CIFAR form: 512x4x4 final map at 32x32; D = 512."""
+    from torchvision.models import resnet34 as ctor
+
+    return _cifar_stem(ctor(weights=None, zero_init_residual=zero_init_residual), in_channels)
 
 
 @register_model("resnet50")
