@@ -441,3 +441,79 @@ def test_afa_bad_settings_and_wrong_input_size():
         cached("resnet8").afa_train_forward(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
     spatial = build_model("resnet8", 4, afa={"mask_softmax": "spatial"}, input_size=8).eval()
     assert spatial(torch.randn(1, 3, 8, 8)).shape == (1, 4)
+
+
+# ---------------------------------------------------------------- init_weights
+
+
+def _tv_resnet10_file(path, **save_kw):
+    """A torchvision-format state dict of ResNet-10 (1000-way fc), as torchvision saves it."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    torch.manual_seed(123)
+    net = ResNet(BasicBlock, [1, 1, 1, 1])
+    state = net.state_dict()
+    torch.save(save_kw.get("wrap", lambda s: s)(state), path)
+    return state
+
+
+def test_init_weights_from_a_torchvision_state_dict(tmp_path):
+    from ltpipe.models.init_weights import load_init_weights
+    from ltpipe.utils import sha256_file
+
+    state = _tv_resnet10_file(tmp_path / "r10.pth")
+    torch.manual_seed(0)
+    model = build_model("resnet10", 7)
+    head_before = model.head.weight.detach().clone()
+    info = load_init_weights(model, tmp_path / "r10.pth")
+    ours = model.state_dict()
+    assert torch.equal(ours["stem.0.weight"], state["conv1.weight"])
+    assert torch.equal(ours["stem.1.running_var"], state["bn1.running_var"])
+    assert torch.equal(ours["stages.1.0.conv1.weight"], state["layer2.0.conv1.weight"])
+    assert torch.equal(ours["stages.3.0.downsample.0.weight"],
+                       state["layer4.0.downsample.0.weight"])
+    backbone_keys = [k for k in ours if k.startswith(("stem.", "stages."))]
+    assert info["tensors"] == len(backbone_keys) == len(state) - 2  # all but fc.weight / fc.bias
+    assert info["sha256"] == sha256_file(tmp_path / "r10.pth")
+    assert torch.equal(model.head.weight, head_before)  # the 7-way head keeps its own init
+
+
+def test_init_weights_unwraps_state_dict_and_module_prefix(tmp_path):
+    from ltpipe.models.init_weights import load_init_weights
+
+    state = _tv_resnet10_file(tmp_path / "wrapped.pth", wrap=lambda s: {
+        "epoch": 90, "state_dict": {f"module.{k}": v for k, v in s.items()}})
+    model = build_model("resnet10", 3)
+    load_init_weights(model, tmp_path / "wrapped.pth")
+    assert torch.equal(model.state_dict()["stages.0.0.bn2.weight"], state["layer1.0.bn2.weight"])
+
+
+def test_init_weights_refuses_another_architecture(tmp_path):
+    from ltpipe.models.init_weights import load_init_weights
+
+    _tv_resnet10_file(tmp_path / "r10.pth")
+    model = build_model("resnet18", 5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(LtpipeError, match=r"does not fit backbone 'resnet18'.*missing: "
+                                          r"stages\.0\.1\..*init_weights: null"):
+        load_init_weights(model, tmp_path / "r10.pth")
+    gray = build_model("resnet10", 5, in_channels=1)
+    with pytest.raises(LtpipeError, match=r"in_channels 1.*of another shape: stem\.0\.weight "
+                                          r"\(64, 3, 7, 7\) vs \(64, 1, 7, 7\)"):
+        load_init_weights(gray, tmp_path / "r10.pth")
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing half-loaded
+
+
+def test_init_weights_bad_files(tmp_path):
+    from ltpipe.models.init_weights import load_init_weights
+
+    model = build_model("resnet8", 3)
+    with pytest.raises(LtpipeError, match="nope.pth does not exist.*init_weights: null"):
+        load_init_weights(model, tmp_path / "nope.pth")
+    (tmp_path / "text.pth").write_text("not a torch file")
+    with pytest.raises(LtpipeError, match="text.pth is not a readable torch weights file"):
+        load_init_weights(model, tmp_path / "text.pth")
+    torch.save({"epoch": 3}, tmp_path / "empty.pth")
+    with pytest.raises(LtpipeError, match="empty.pth.*missing"):
+        load_init_weights(model, tmp_path / "empty.pth")

@@ -19,7 +19,7 @@ from ltpipe.train.stage1 import (
     load_checkpoint,
     train_stage1,
 )
-from ltpipe.utils import LtpipeError
+from ltpipe.utils import LtpipeError, sha256_file
 
 # 8x8 digits, 585 training images: batch 32 -> 18 steps per epoch.
 TINY = {"backbone": "resnet8", "backbone_kwargs": {"widths": [8, 8, 16]}, "epochs": 2,
@@ -161,6 +161,34 @@ def test_recipe_errors_name_the_key(split_path, tmp_path):
     with pytest.raises(LtpipeError, match="compile cannot be combined with afa.*compile: false"):
         _run(split_path, tmp_path / "m.pt", {"afa": {}, "compile": True})
     assert not list(tmp_path.iterdir())  # nothing written for a refused recipe
+
+
+def test_init_weights_from_an_ltpipe_model_file(split_path, tmp_path):
+    """A backbone trained by ltpipe starts the next run: its stem and stages, not its head; the
+    run records the file's hash and says so in its log."""
+    first = tmp_path / "first.pt"
+    _run(split_path, first, {"epochs": 1})
+    trained, _ = load_checkpoint(first)
+    from ltpipe.data import read_split, split_data
+    from ltpipe.train.loop import Stage1Trainer
+    from ltpipe.train.recipe import normalize_recipe
+
+    data = split_data(read_split(split_path), "train")
+    trainer = Stage1Trainer(data, np.bincount(data.labels, minlength=10), 10,
+                            normalize_recipe({**TINY, "init_weights": str(first)}), "cpu", seed=0)
+    a, b = trainer.model.state_dict(), trained.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("stem.", "stages.")))
+    assert not torch.equal(a["head.weight"], b["head.weight"])  # a fresh head
+    sink, out = _Sink(), tmp_path / "second.pt"
+    metrics = train_stage1(split_path, {**TINY, "epochs": 1, "init_weights": str(first)}, out,
+                           threads=1, log=sink)
+    _, meta = load_checkpoint(out)
+    assert meta["init_weights"]["path"] == str(first)
+    assert meta["init_weights"]["sha256"] == sha256_file(first)
+    assert any("backbone starts from" in line and str(first) in line for line in sink.lines)
+    assert metrics["steps"] == STEPS_PER_EPOCH
+    with pytest.raises(LtpipeError, match="init_weights=5 is invalid"):
+        _run(split_path, tmp_path / "bad.pt", {"init_weights": 5})
 
 
 def test_compiled_trainer_follows_the_eager_one(split_path):

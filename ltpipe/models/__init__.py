@@ -1,8 +1,10 @@
 """Backbones, heads and the AFA module behind one contract (``LTModel``) and one registry.
 
 ``build_model(name, num_classes, ...)`` builds any registered backbone (``model_names()``):
-CIFAR ResNets ``resnet8`` / ``resnet20`` / ``resnet32`` and torchvision's ``resnet10`` /
-``resnet50`` / ``resnext50_32x4d`` / ``resnet152``. ``model_from_spec(model.spec)`` rebuilds one.
+CIFAR ResNets ``resnet8`` / ``resnet20`` / ``resnet32``, torchvision's ``resnet10`` /
+``resnet18`` / ``resnet34`` / ``resnet50`` / ``resnext50_32x4d`` / ``resnet152``, and the CIFAR
+forms ``resnet18_cifar`` / ``resnet34_cifar``. ``model_from_spec(model.spec)`` rebuilds one;
+``init_weights.load_init_weights`` starts a backbone from a weights file.
 """
 
 from ltpipe.models import cifar_resnet, tv_resnet  # noqa: F401  (registers the backbones)

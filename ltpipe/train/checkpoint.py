@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ltpipe.train.recipe import RESUME_NEUTRAL_KEYS
+from ltpipe.train.recipe import RECIPE_DEFAULTS, RESUME_NEUTRAL_KEYS
 from ltpipe.utils import LtpipeError, atomic_path
 
 CKPT_KIND = "ltpipe-stage1-checkpoint"
@@ -103,8 +103,10 @@ def set_rng_states(states: dict[str, Any]) -> None:
 # ---- resume -------------------------------------------------------------------------------
 
 def resume_key(recipe: dict[str, Any]) -> dict[str, Any]:
-    """The recipe entries a checkpoint must agree on to be resumed."""
-    return {k: v for k, v in recipe.items() if k not in RESUME_NEUTRAL_KEYS}
+    """The recipe entries a checkpoint must agree on to be resumed (a key that a checkpoint
+    written before it existed lacks counts as its default)."""
+    full = {**RECIPE_DEFAULTS, **recipe}
+    return {k: v for k, v in full.items() if k not in RESUME_NEUTRAL_KEYS}
 
 
 def load_resumable(path: Path, recipe: dict[str, Any], seed: int,

@@ -64,6 +64,11 @@ class Stage1Trainer:
         seed_everything(seed)  # Python, NumPy and torch (CPU and CUDA) global RNGs
         self.model = build_model(recipe["backbone"], num_classes, in_channels=in_channels,
                                  head=recipe["head"], afa=afa_model, **kwargs)
+        self.init_weights: dict[str, Any] | None = None
+        if recipe["init_weights"] is not None:
+            from ltpipe.models.init_weights import load_init_weights
+
+            self.init_weights = load_init_weights(self.model, recipe["init_weights"])
         self.memory_format = (torch.channels_last if recipe["channels_last"]
                               else torch.contiguous_format)
         self.model.to(self.device, memory_format=self.memory_format)

@@ -30,6 +30,8 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "mixup_alpha": 0.0,  # mixup Beta(a, a) parameter; 0 = no mixup (CIFAR papers: 1.0)
     "augment": "crop_flip",  # "crop_flip" | "crop" | "none" (pad = side // 8 px; see augment.py)
     "image_size": 224,  # file-list data only: RandomResizedCrop side (px); eval: resize+center crop
+    "init_weights": None,  # None (random init) or a weights file for the backbone: torchvision's
+    # ImageNet weights of the same architecture, or an ltpipe model.pt (ltpipe.models.init_weights)
     "afa": None,  # None or {"gamma", "alpha", "t" (epoch), "lam"}: AFA module + LBLS loss
     "head_half": False,  # BWLM stage one: train only on the C // 2 most frequent classes
     "compile": False,  # torch.compile the model: false | true (mode "default") | a mode name in
@@ -129,6 +131,9 @@ def normalize_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     for key in ("nesterov", "head_half", "channels_last", "final_eval"):
         if not isinstance(cfg[key], bool):
             raise _fail(key, cfg[key], "true or false")
+    if cfg["init_weights"] is not None and (not isinstance(cfg["init_weights"], str)
+                                            or not cfg["init_weights"].strip()):
+        raise _fail("init_weights", cfg["init_weights"], "null or the path of a weights file")
     ms = cfg["milestones"]
     numeric = isinstance(ms, (list, tuple)) and all(
         isinstance(m, (int, float)) and not isinstance(m, bool) for m in ms)

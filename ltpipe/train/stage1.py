@@ -183,7 +183,8 @@ def train_stage1(split_path: str | Path, recipe: dict, out_path: str | Path, *, 
         trainer = Stage1Trainer(train_data, split.class_counts, int(split.num_classes), cfg, dev,
                                 seed)
         ident = {"recipe": cfg, "seed": seed, "split_fingerprint": split.fingerprint,
-                 "normalization": trainer.normalization, "ltpipe_version": __version__}
+                 "normalization": trainer.normalization, "ltpipe_version": __version__,
+                 "init_weights": trainer.init_weights}
         ckpt = load_resumable(ck_path, cfg, seed, split.fingerprint)
         epoch, step, history = 0, 0, []
         if ckpt is not None:
@@ -197,6 +198,10 @@ def train_stage1(split_path: str | Path, recipe: dict, out_path: str | Path, *, 
                          "history": history, "rng": rng_states(), **trainer.state_dict()},
                         ck_path)
 
+        if trainer.init_weights is not None:
+            emit(f"stage1: backbone starts from {trainer.init_weights['path']} "
+                 f"({trainer.init_weights['tensors']} tensors, sha256 "
+                 f"{trainer.init_weights['sha256'][:12]})")
         emit(f"stage1: {cfg['backbone']} {cfg['loss']} on {len(train_data.labels)} images, "
              f"{trainer.steps_per_epoch} steps/epoch, {cfg['epochs']} epochs, device {dev}")
         with _stop_on_signals() as should_stop:

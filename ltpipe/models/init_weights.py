@@ -1,0 +1,114 @@
+"""Start a backbone from a weights file instead of random init (recipe key ``init_weights``).
+
+Accepted files (loaded with ``torch.load(weights_only=True)``):
+
+- a torchvision state dict, e.g. ImageNet weights of ResNet-50 / ResNeXt-50 / ResNet-152
+  (``resnet152-394f9c45.pth``): ``conv1`` / ``bn1`` / ``layer1..4`` / ``fc`` keys, mapped to
+  ltpipe's ``stem.0`` / ``stem.1`` / ``stages.0..3``; ``fc`` is dropped;
+- an ltpipe stage-one model file (``model.pt``): its backbone part;
+- either of those wrapped the way other training code saves them: ``{"state_dict": ...}``,
+  ``{"model": ...}``, ``{"model_state": ...}``, with or without a ``module.`` prefix
+  (DataParallel).
+
+Only the backbone (stem and stages) is loaded; the head (and an AFA module) keep their fresh
+init, since the class count of the new task differs. Every backbone tensor must be in the
+file with the model's shape, and the file must hold no other backbone tensor: a file of another
+architecture is refused with the keys that differ.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ltpipe.utils import LtpipeError, sha256_file
+
+BACKBONE_PREFIXES = ("stem.", "stages.")
+_TORCHVISION = [(re.compile(r"^conv1\."), "stem.0."), (re.compile(r"^bn1\."), "stem.1."),
+                (re.compile(r"^layer([1-9])\."), None)]
+
+
+def _unwrap(obj: Any) -> dict:
+    for _ in range(3):  # {"state_dict": {...}} and the like, possibly nested once or twice
+        if not isinstance(obj, dict):
+            break
+        inner = next((obj[k] for k in ("model_state", "state_dict", "model") if k in obj
+                      and isinstance(obj[k], dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, dict) or not obj:
+        raise LtpipeError("holds no state dict (expected a dict of tensors, or one under "
+                          "'state_dict' / 'model' / 'model_state')")
+    return obj
+
+
+def _ltpipe_key(key: str) -> str | None:
+    """The ltpipe name of a file's key; None for keys that are not part of a backbone."""
+    key = key.removeprefix("module.")
+    if key.startswith(BACKBONE_PREFIXES):
+        return key
+    for pattern, repl in _TORCHVISION:
+        m = pattern.match(key)
+        if m:
+            if repl is None:  # layerN. -> stages.{N-1}.
+                return f"stages.{int(m.group(1)) - 1}." + key[m.end():]
+            return repl + key[m.end():]
+    return None  # fc., head., afa., anything else: not loaded
+
+
+def backbone_state(obj: Any) -> dict[str, Any]:
+    """The backbone tensors of a loaded weights file, under ltpipe's key names."""
+    state = _unwrap(obj)
+    out = {}
+    for key, value in state.items():
+        name = _ltpipe_key(str(key))
+        if name is not None and hasattr(value, "shape"):
+            out[name] = value
+    return out
+
+
+def load_init_weights(model: Any, path: str | Path) -> dict[str, Any]:
+    """Copy a weights file's backbone tensors into ``model`` (an ``LTModel``); return
+    ``{"path", "sha256", "tensors"}`` for the run's record. Raises ``LtpipeError`` naming the
+    file and what does not match."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise LtpipeError(f"init_weights: {path} does not exist; put the weights file there "
+                          "(e.g. torchvision's ImageNet weights of the same architecture) or "
+                          "set init_weights: null")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        state = backbone_state(obj)
+    except LtpipeError as err:
+        raise LtpipeError(f"init_weights: {path} {err}") from None
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
+        raise LtpipeError(f"init_weights: {path} is not a readable torch weights file "
+                          f"({type(err).__name__}: {str(err)[:200]})") from None
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(BACKBONE_PREFIXES)}
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state)
+                    if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or extra or shapes:
+        arch = model.spec["name"] if hasattr(model, "spec") else type(model).__name__
+        parts = []
+        for label, keys in (("missing", missing), ("not in the model", extra),
+                            ("of another shape", shapes)):
+            if keys:
+                more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+                detail = ", ".join(
+                    f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" if label.startswith(
+                        "of") else k for k in keys[:4])
+                parts.append(f"{len(keys)} tensor(s) {label}: {detail}{more}")
+        raise LtpipeError(f"init_weights: {path} does not fit backbone {arch!r} "
+                          f"(in_channels {model.spec.get('in_channels', '?')}): "
+                          + "; ".join(parts)
+                          + "; give weights of the same architecture, or set init_weights: null")
+    with torch.no_grad():
+        for key, tensor in own.items():
+            tensor.copy_(state[key].to(dtype=tensor.dtype))
+    return {"path": str(path), "sha256": sha256_file(path), "tensors": len(own)}
