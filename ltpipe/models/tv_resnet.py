@@ -57,62 +57,29 @@ def _cifar_stem(net: nn.Module, in_channels: int) -> Backbone:
     return backbone
 
 
-@register_model("resnet18")
-def resnet18(in_channels: int = 3, zero_init_residual: bool = False) -> Backbone:
-    """torchvision ResNet-18 (ImageNet stem); D = 512."""
-    from torchvision.models import resnet18 as ctor
+def _torchvision_ctor(tv_name: str, cifar: bool, doc: str):
+    """A registry constructor for torchvision's ``tv_name`` (in its CIFAR form if ``cifar``)."""
 
-    return _from_torchvision(ctor(weights=None, zero_init_residual=zero_init_residual),
-                             in_channels)
+    def ctor(in_channels: int = 3, zero_init_residual: bool = False) -> Backbone:
+        import torchvision.models as tvm
 
+        net = getattr(tvm, tv_name)(weights=None, zero_init_residual=zero_init_residual)
+        return _cifar_stem(net, in_channels) if cifar else _from_torchvision(net, in_channels)
 
-@register_model("resnet34")
-def resnet34(in_channels: int = 3, zero_init_residual: bool = False) -> Backbone:
-    """torchvision ResNet-34 (ImageNet stem); D = 512."""
-    from torchvision.models import resnet34 as ctor
-
-    return _from_torchvision(ctor(weights=None, zero_init_residual=zero_init_residual),
-                             in_channels)
+    ctor.__doc__ = doc
+    ctor.__name__ = ctor.__qualname__ = tv_name + ("_cifar" if cifar else "")
+    return ctor
 
 
-@register_model("resnet18_cifar")
-def resnet18_cifar(in_channels: int = 3, zero_init_residual: bool = False) -> Backbone:
-    """ResNet-18 in its CIFAR form (FSA's backbone): 512x4x4 final map at 32x32; D = 512."""
-    from torchvision.models import resnet18 as ctor
-
-    return _cifar_stem(ctor(weights=None, zero_init_residual=zero_init_residual), in_channels)
-
-
-@register_model("resnet34_cifar")
-def resnet34_cifar(in_channels: int = 3, zero_init_residual: bool = False) -> Backbone:
-    """ResNet-34 in its CIFAR form: 512x4x4 final map at 32x32; D = 512."""
-    from torchvision.models import resnet34 as ctor
-
-    return _cifar_stem(ctor(weights=None, zero_init_residual=zero_init_residual), in_channels)
-
-
-@register_model("resnet50")
-def resnet50(in_channels: int = 3, zero_init_residual: bool = False) -> Backbone:
-    """torchvision ResNet-50; D = 2048."""
-    from torchvision.models import resnet50 as ctor
-
-    return _from_torchvision(ctor(weights=None, zero_init_residual=zero_init_residual),
-                             in_channels)
-
-
-@register_model("resnext50_32x4d")
-def resnext50_32x4d(in_channels: int = 3, zero_init_residual: bool = False) -> Backbone:
-    """torchvision ResNeXt-50 32x4d; D = 2048."""
-    from torchvision.models import resnext50_32x4d as ctor
-
-    return _from_torchvision(ctor(weights=None, zero_init_residual=zero_init_residual),
-                             in_channels)
-
-
-@register_model("resnet152")
-def resnet152(in_channels: int = 3, zero_init_residual: bool = False) -> Backbone:
-    """torchvision ResNet-152; D = 2048."""
-    from torchvision.models import resnet152 as ctor
-
-    return _from_torchvision(ctor(weights=None, zero_init_residual=zero_init_residual),
-                             in_channels)
+for _name, _tv_name, _cifar, _doc in [
+    ("resnet18", "resnet18", False, "torchvision ResNet-18 (ImageNet stem); D = 512."),
+    ("resnet34", "resnet34", False, "torchvision ResNet-34 (ImageNet stem); D = 512."),
+    ("resnet50", "resnet50", False, "torchvision ResNet-50; D = 2048."),
+    ("resnext50_32x4d", "resnext50_32x4d", False, "torchvision ResNeXt-50 32x4d; D = 2048."),
+    ("resnet152", "resnet152", False, "torchvision ResNet-152; D = 2048."),
+    ("resnet18_cifar", "resnet18", True,
+     "ResNet-18 in its CIFAR form (FSA's backbone): 512x4x4 final map at 32x32; D = 512."),
+    ("resnet34_cifar", "resnet34", True,
+     "ResNet-34 in its CIFAR form: 512x4x4 final map at 32x32; D = 512."),
+]:
+    register_model(_name)(_torchvision_ctor(_tv_name, _cifar, _doc))
