@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from ltpipe.utils import LtpipeError
@@ -38,12 +39,38 @@ def cmd_train(args: argparse.Namespace) -> None:
     from ltpipe.train.device import lease_device
     from ltpipe.train.stage1 import train_stage1
 
+    recipe = dict(args.recipe)
+    if args.runtime_of is not None:
+        runtime = _runtime_settings(args.runtime_of)
+        print(f"train: speed-only settings of {args.runtime_of!r} from the environment (not "
+              f"Snakemake params): {json.dumps(runtime, sort_keys=True)}", flush=True)
+        recipe.update(runtime)
     with lease_device(args.device) as device:
         _lease_line("acquired", device)
-        metrics = train_stage1(args.split, args.recipe, args.out, seed=args.seed, device=device,
+        metrics = train_stage1(args.split, recipe, args.out, seed=args.seed, device=device,
                                threads=args.threads, deterministic=args.deterministic)
         _lease_line("released", device)
     print(f"train: done: {json.dumps(metrics)}")
+
+
+def _runtime_settings(backbone: str) -> dict:
+    """The speed-only recipe keys of ``backbone`` that the Snakefile put in the environment."""
+    from ltpipe.train.recipe import RUNTIME_ENV, RUNTIME_KEYS
+    from ltpipe.utils import LtpipeError
+
+    text = os.environ.get(RUNTIME_ENV)
+    if text is None:
+        return {}  # not started by ltpipe's Snakefile: the recipe's own values (or defaults)
+    try:
+        table = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise LtpipeError(f"environment variable {RUNTIME_ENV} is not JSON ({err}); unset it or "
+                          "let ltpipe's Snakefile set it") from None
+    entry = table.get(backbone, {}) if isinstance(table, dict) else None
+    if not isinstance(entry, dict) or set(entry) - set(RUNTIME_KEYS):
+        raise LtpipeError(f"{RUNTIME_ENV}[{backbone!r}] = {entry!r}: expected a dict with keys "
+                          f"among {list(RUNTIME_KEYS)}; unset the variable or fix it")
+    return entry
 
 
 def _lease_line(event: str, device) -> None:
@@ -139,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: lease a free GPU)")
     t.add_argument("--deterministic", action="store_true")
+    t.add_argument("--runtime-of", default=None, metavar="BACKBONE",
+                   help="add BACKBONE's speed-only recipe keys (compile, loader_workers, "
+                        "checkpoint_every, eval_batch_size) from the environment variable the "
+                        "Snakefile sets (they are not Snakemake params: changing them does not "
+                        "retrain)")
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("dump", help="write a backbone's feature cache")

@@ -207,8 +207,21 @@ def split_settings(cfg: dict, dataset: str) -> dict:
 
 
 def recipe_settings(cfg: dict, backbone: str) -> dict:
-    """The trainer settings of one stage-one recipe (without seeds / dataset placement)."""
-    return {k: v for k, v in cfg["backbones"][backbone].items() if k not in RECIPE_META_KEYS}
+    """The trainer settings of one stage-one recipe that decide its result: the train rule's
+    params (without seeds / dataset placement, and without the speed-only ``RUNTIME_KEYS``)."""
+    from ltpipe.train.recipe import RUNTIME_KEYS
+
+    return {k: v for k, v in cfg["backbones"][backbone].items()
+            if k not in RECIPE_META_KEYS and k not in RUNTIME_KEYS}
+
+
+def runtime_settings(cfg: dict) -> str:
+    """JSON {backbone: {speed-only recipe keys}}: what the Snakefile puts in the environment
+    variable ``ltpipe.train.recipe.RUNTIME_ENV`` for ``ltpipe train --runtime-of``."""
+    from ltpipe.train.recipe import RUNTIME_KEYS
+
+    return as_json({name: {k: v for k, v in rc.items() if k in RUNTIME_KEYS}
+                    for name, rc in cfg["backbones"].items()})
 
 
 def dump_settings(cfg: dict) -> dict:

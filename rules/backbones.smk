@@ -23,4 +23,4 @@ rule train:
         "../envs/ltpipe.yaml"
     shell:
         "python -m ltpipe train --split {input.split} --recipe {params.recipe:q} --seed {wildcards.seed}"
-        " --threads {threads} --out {output.model} >> {log} 2>&1"
+        " --threads {threads} --runtime-of {wildcards.backbone} --out {output.model} >> {log} 2>&1"

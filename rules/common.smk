@@ -1,9 +1,12 @@
 # Validation of the config and the target lists; all logic lives in ltpipe/config.py.
+import os
 import sys
 
 sys.path.insert(0, workflow.basedir)  # use this checkout's ltpipe package
 
 from snakemake.utils import validate
+
+from ltpipe.train.recipe import RUNTIME_ENV
 
 from ltpipe.config import (
     as_json,
@@ -16,6 +19,7 @@ from ltpipe.config import (
     load_yaml_strict,
     metric_targets,
     recipe_settings,
+    runtime_settings,
     split_settings,
     validate_schema,
 )
@@ -29,6 +33,11 @@ if workflow.is_main_process:
     # (~2 s), so only the main process runs it: a job that a cluster executor starts runs
     # Snakemake again on the node, with the config the main process already checked.
     check_config(config)
+
+# Speed-only recipe keys (compile, loader_workers, checkpoint_every, eval_batch_size) reach the
+# train jobs through the environment, not params: changing them does not retrain a backbone.
+# Jobs inherit it locally; on a cluster the job's own Snakemake sets it again from this line.
+os.environ[RUNTIME_ENV] = runtime_settings(config)
 
 R = config["results"]
 SPLIT_DIR = f"{R}/{{dataset}}/if{{imb}}/s{{split_seed}}"

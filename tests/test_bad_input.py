@@ -364,3 +364,29 @@ def test_missing_cifar_root_refused_at_split_job(tmp_path):
     assert text.startswith("ltpipe split: error:") and "no_such_folder" in text, text
     assert not list((tmp_path / "results").rglob("model.pt"))
     assert not (tmp_path / "results" / "c10" / "if100" / "s0" / "split.npz").exists()
+
+
+def test_runtime_settings_from_the_environment(monkeypatch):
+    """``ltpipe train --runtime-of NAME`` reads NAME's speed-only keys from the variable the
+    Snakefile sets; a broken variable is refused naming it, an absent one means defaults."""
+    from ltpipe.cli import _runtime_settings
+    from ltpipe.config import runtime_settings
+    from ltpipe.train.recipe import RUNTIME_ENV
+    from ltpipe.utils import LtpipeError
+
+    cfg = copy.deepcopy(BASE)
+    cfg["backbones"]["ce"].update(compile=True, loader_workers=2, epochs=3)
+    cfg["backbones"]["kps"] = {"backbone": "resnet8", "loss": "kps"}
+    assert json.loads(runtime_settings(cfg)) == {"ce": {"compile": True, "loader_workers": 2},
+                                                 "kps": {}}
+    monkeypatch.delenv(RUNTIME_ENV, raising=False)
+    assert _runtime_settings("ce") == {}
+    monkeypatch.setenv(RUNTIME_ENV, runtime_settings(cfg))
+    assert _runtime_settings("ce") == {"compile": True, "loader_workers": 2}
+    assert _runtime_settings("other") == {}
+    monkeypatch.setenv(RUNTIME_ENV, "{not json")
+    with pytest.raises(LtpipeError, match=f"{RUNTIME_ENV} is not JSON.*unset it"):
+        _runtime_settings("ce")
+    monkeypatch.setenv(RUNTIME_ENV, json.dumps({"ce": {"epochs": 5}}))
+    with pytest.raises(LtpipeError, match=r"expected a dict with keys among \['checkpoint_every'"):
+        _runtime_settings("ce")  # a result-deciding key must come through params

@@ -41,13 +41,15 @@ pytestmark = pytest.mark.slurm
 
 def shrink_config(dst: Path) -> Path:
     """The default config, small: one imbalance factor, split seed, backbone recipe (the first)
-    and training seed, 2 epochs, and only the classifier entries that read that backbone."""
+    and training seed, 2 epochs, and only the classifier entries that read that backbone; a
+    speed-only key (checkpoint_every), which reaches the job through the environment."""
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     for ds in cfg["datasets"].values():
         ds["imbalance_factors"] = ds["imbalance_factors"][:1]
         ds["split_seeds"] = ds.get("split_seeds", [0])[:1]
     name, recipe = next(iter(cfg["backbones"].items()))
-    cfg["backbones"] = {name: {**recipe, "epochs": 2, "seeds": recipe.get("seeds", [0])[:1]}}
+    cfg["backbones"] = {name: {**recipe, "epochs": 2, "seeds": recipe.get("seeds", [0])[:1],
+                               "checkpoint_every": 2}}
     cfg["classifiers"] = {k: v for k, v in cfg["classifiers"].items() if v["backbones"] == [name]}
     path = dst / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -174,6 +176,12 @@ def test_every_job_went_through_sbatch_with_the_profiles_requests(slurm_run, slu
             assert f"mem={want['mem_mb']}M" in info["TRES"]
             assert info["NumCPUs"] == str(CORES)
     assert (work / "results" / "summary.csv").exists()
+    # the speed-only recipe key reached the train job on its node (through the environment
+    # that the job's own Snakemake sets, not through params)
+    train_logs = list((work / "results" / "logs" / "train").glob("*.log"))
+    assert len(train_logs) == 1
+    assert 'from the environment (not Snakemake params): {"checkpoint_every": 2}' \
+        in train_logs[0].read_text()
 
 
 def test_classify_jobs_go_out_in_few_group_submissions(slurm_run):

@@ -120,6 +120,20 @@ def test_recipe_setting_reruns_backbone_and_what_it_feeds(default_run):
     assert "split" not in jobs and set(jobs) <= REPORT_RULES
 
 
+def test_speed_only_recipe_keys_do_not_retrain(default_run):
+    """compile, loader_workers, checkpoint_every and eval_batch_size change how fast a run goes,
+    not what it computes: they are not params, so a finished backbone stays as it is."""
+    cfg_path = _edited(default_run, lambda c: c["backbones"]["ce"].update(
+        compile=True, loader_workers=1, checkpoint_every=5, eval_batch_size=64))
+    proc = snakemake(default_run, "-n", config=cfg_path)
+    assert planned_jobs(proc) == {}, proc.stdout[-3000:]
+    # ... and the train jobs that did run got their speed-only keys from the environment
+    logs = sorted((default_run / "results" / "logs" / "train").glob("*_ce_t0.log"))
+    assert len(logs) == 2
+    for log in logs:
+        assert "speed-only settings of 'ce' from the environment" in log.read_text()
+
+
 def test_bad_config_stops_before_any_job(default_run):
     cfg_path = _edited(default_run, lambda c: c["datasets"]["digits"].update(
         imbalance_factors=[0.5]))

@@ -53,6 +53,13 @@ AFA_MODEL_EXTRA_KEYS = ("se_reduction", "mask_softmax")  # passed to the AFA mod
 RESUME_NEUTRAL_KEYS = ("checkpoint_every", "eval_batch_size", "final_eval", "loader_workers",
                        "compile")
 
+# Keys that change only how fast or how safely a run goes, never its result (compile changes
+# floating-point rounding at most). The Snakemake train rule passes them outside its params
+# (environment variable RUNTIME_ENV, read by ``ltpipe train --runtime-of NAME``), so that
+# changing one does not retrain a finished backbone; a running one picks it up when resumed.
+RUNTIME_KEYS = ("checkpoint_every", "eval_batch_size", "loader_workers", "compile")
+RUNTIME_ENV = "LTPIPE_RUNTIME_SETTINGS"
+
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 _CHOICES = {
