@@ -6,6 +6,9 @@ of timed steps on CIFAR-sized random uint8 data (the values do not matter for sp
 - reference: a torchvision-datasets-like ``Dataset`` returning PIL images through
   ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize`` into a
   ``DataLoader`` (``--ref-workers`` workers, pin_memory on GPU); fp32, NCHW, plain SGD step;
+  the blocks computed as the reference CIFAR ResNet code writes them (``relu(bn1(conv1(x)))``,
+  ``out += shortcut(x)``, ``relu(out)``: new tensors where ltpipe's blocks work in place; the
+  same arithmetic, bit for bit);
 - ltpipe: ``Stage1Trainer.train_epoch``, the loop ``train_stage1`` runs (data on the device as
   uint8, batched crop/flip there, channels_last, bf16 autocast on GPU);
 - with ``--compile``, a third loop: the same trainer with ``compile: <--compile-mode>``
@@ -29,15 +32,18 @@ import os
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ltpipe.data import InMemoryData  # noqa: E402
 from ltpipe.models import build_model  # noqa: E402
+from ltpipe.models.cifar_resnet import BasicBlockA  # noqa: E402
 from ltpipe.train.loop import Stage1Trainer  # noqa: E402
 from ltpipe.train.recipe import COMPILE_MODES, normalize_recipe  # noqa: E402
 
@@ -59,6 +65,14 @@ class PilArrayDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
+def reference_block_forward(self: BasicBlockA, x: torch.Tensor) -> torch.Tensor:
+    """A basic block as the reference CIFAR ResNet code computes it (out-of-place ReLUs)."""
+    out = F.relu(self.bn1(self.conv1(x)))
+    out = self.bn2(self.conv2(out))
+    out += self.shortcut(x)
+    return F.relu(out)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -78,6 +92,9 @@ def reference_rounds(images, labels, device, batch_size, warmup, steps, workers)
         persistent_workers=workers > 0)
     torch.manual_seed(0)
     model = build_model("resnet32", NUM_CLASSES).to(device)
+    for block in model.modules():
+        if isinstance(block, BasicBlockA):
+            block.forward = types.MethodType(reference_block_forward, block)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
     criterion = torch.nn.CrossEntropyLoss()
     model.train()

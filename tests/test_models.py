@@ -22,7 +22,7 @@ from ltpipe.models import (
     register_model,
 )
 from ltpipe.models.afa import generation_counts, sample_pairs
-from ltpipe.models.cifar_resnet import ShortcutA
+from ltpipe.models.cifar_resnet import BasicBlockA, ShortcutA
 from ltpipe.utils import LtpipeError
 
 CIFAR = ["resnet8", "resnet20", "resnet32"]
@@ -184,6 +184,33 @@ def test_cifar_form_of_resnet18_and_34(name, tv_name, known):
     assert ours.stem[0].kernel_size == (3, 3) and ours.stem[0].stride == (1, 1)
     assert isinstance(ours.stem[3], torch.nn.Identity)  # no max-pool
     assert out["fmap"].shape == (2, 512, 4, 4) and out["logits"].shape == (2, 10)
+
+
+def test_in_place_blocks_compute_what_out_of_place_ones_do():
+    """The CIFAR blocks apply ReLU and the residual add in place on batch-norm outputs: outputs
+    and every gradient equal (bit for bit) the plain out-of-place formulation's, in training."""
+    import types
+
+    def plain(self, x):
+        out = torch.nn.functional.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.nn.functional.relu(out + self.shortcut(x))
+
+    torch.manual_seed(0)
+    ours = build_model("resnet20", 5).train()
+    torch.manual_seed(0)
+    ref = build_model("resnet20", 5).train()
+    blocks = [m for m in ref.modules() if isinstance(m, BasicBlockA)]
+    assert len(blocks) == 9
+    for block in blocks:
+        block.forward = types.MethodType(plain, block)
+    x = torch.randn(4, 3, 16, 16)
+    out_ours, out_ref = ours(x), ref(x)
+    assert torch.equal(out_ours, out_ref)
+    (out_ours ** 2).sum().backward()
+    (out_ref ** 2).sum().backward()
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad), name
 
 
 def test_option_a_shortcut_has_no_parameters_and_zero_pads():
