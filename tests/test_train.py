@@ -192,8 +192,9 @@ def test_init_weights_from_an_ltpipe_model_file(split_path, tmp_path):
 
 
 def test_compiled_trainer_follows_the_eager_one(split_path):
-    """compile: true on the CPU (inductor) trains the same model to the same numbers, up to
-    float reassociation in the fused kernels; the checkpointed weights are the plain module's."""
+    """compile on the CPU (inductor) trains the same model to the same numbers, up to float
+    reassociation in the fused kernels; the checkpointed weights are the plain module's. The
+    mode is reduce-overhead, the GPU's CUDA-graph mode (each step is marked; no graphs on CPU)."""
     from ltpipe.data import read_split, split_data
     from ltpipe.train.loop import Stage1Trainer
     from ltpipe.train.recipe import normalize_recipe
@@ -201,12 +202,13 @@ def test_compiled_trainer_follows_the_eager_one(split_path):
     data = split_data(read_split(split_path), "train")
     counts = np.bincount(data.labels, minlength=10)
     runs = {}
-    for compile_ in (False, True):
+    for compile_ in (False, "reduce-overhead"):
         trainer = Stage1Trainer(data, counts, 10, normalize_recipe({**TINY, "compile": compile_}),
                                 "cpu", seed=0)
         assert (trainer.forward is trainer.model) is (not compile_)
+        assert trainer.cudagraph_steps is bool(compile_)
         metrics = trainer.train_epoch(0)
-        runs[compile_] = (metrics, trainer.state_dict()["model_state"])
+        runs[bool(compile_)] = (metrics, trainer.state_dict()["model_state"])
     (m_eager, w_eager), (m_comp, w_comp) = runs[False], runs[True]
     assert m_comp["images"] == m_eager["images"] == STEPS_PER_EPOCH * 32
     assert m_comp["loss"] == pytest.approx(m_eager["loss"], rel=1e-3)

@@ -83,9 +83,12 @@ class Stage1Trainer:
                                     recipe["loader_workers"])
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.forward = self.model
+        # CUDA-graph modes need each step marked (outputs of one replay are reused by the next)
+        self.cudagraph_steps = False
         if recipe["compile"]:  # normalize_recipe refuses compile with afa
             mode = None if recipe["compile"] is True else recipe["compile"]
             self.forward = torch.compile(self.model, mode=mode)
+            self.cudagraph_steps = mode in ("reduce-overhead", "max-autotune")  # no-op on CPU
         self.use_amp = self.on_gpu and recipe["amp"] == "bf16"
         self.global_step = 0
         self.afa_generator: torch.Generator | None = None
@@ -105,6 +108,8 @@ class Stage1Trainer:
     def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, lam: float,
               perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         afa = self.cfg["afa"]
+        if self.cudagraph_steps:
+            torch.compiler.cudagraph_mark_step_begin()
         with self._autocast():
             if afa is not None:
                 from ltpipe.models.afa import lbls_loss
