@@ -56,7 +56,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 def _runtime_settings(backbone: str) -> dict:
     """The speed-only recipe keys of ``backbone`` that the Snakefile put in the environment."""
     from ltpipe.train.recipe import RUNTIME_ENV, RUNTIME_KEYS
-    from ltpipe.utils import LtpipeError
 
     text = os.environ.get(RUNTIME_ENV)
     if text is None:

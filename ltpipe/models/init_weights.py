@@ -94,19 +94,14 @@ def load_init_weights(model: Any, path: str | Path) -> dict[str, Any]:
     shapes = sorted(k for k in set(own) & set(state)
                     if tuple(own[k].shape) != tuple(state[k].shape))
     if missing or extra or shapes:
-        arch = model.spec["name"] if hasattr(model, "spec") else type(model).__name__
-        parts = []
-        for label, keys in (("missing", missing), ("not in the model", extra),
-                            ("of another shape", shapes)):
-            if keys:
-                more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
-                detail = ", ".join(
-                    f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" if label.startswith(
-                        "of") else k for k in keys[:4])
-                parts.append(f"{len(keys)} tensor(s) {label}: {detail}{more}")
-        raise LtpipeError(f"init_weights: {path} does not fit backbone {arch!r} "
-                          f"(in_channels {model.spec.get('in_channels', '?')}): "
-                          + "; ".join(parts)
+        listed = [(missing, "missing", str), (extra, "not in the model", str),
+                  (shapes, "of another shape",
+                   lambda k: f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}")]
+        parts = [f"{len(keys)} tensor(s) {label}: {', '.join(map(show, keys[:4]))}"
+                 + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+                 for keys, label, show in listed if keys]
+        raise LtpipeError(f"init_weights: {path} does not fit backbone {model.spec['name']!r} "
+                          f"(in_channels {model.spec['in_channels']}): " + "; ".join(parts)
                           + "; give weights of the same architecture, or set init_weights: null")
     with torch.no_grad():
         for key, tensor in own.items():

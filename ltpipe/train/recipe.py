@@ -48,17 +48,15 @@ RECIPE_DEFAULTS: dict[str, Any] = {
 AFA_RECIPE_DEFAULTS: dict[str, Any] = {"gamma": 1.0, "alpha": 4.0, "t": 30, "lam": 2.0}
 AFA_MODEL_EXTRA_KEYS = ("se_reduction", "mask_softmax")  # passed to the AFA module, checked there
 
-# Keys that change how fast or how often things happen, not what is computed: a checkpoint
-# written under other values of these can still be resumed.
-RESUME_NEUTRAL_KEYS = ("checkpoint_every", "eval_batch_size", "final_eval", "loader_workers",
-                       "compile")
-
 # Keys that change only how fast or how safely a run goes, never its result (compile changes
 # floating-point rounding at most). The Snakemake train rule passes them outside its params
 # (environment variable RUNTIME_ENV, read by ``ltpipe train --runtime-of NAME``), so that
 # changing one does not retrain a finished backbone; a running one picks it up when resumed.
 RUNTIME_KEYS = ("checkpoint_every", "eval_batch_size", "loader_workers", "compile")
 RUNTIME_ENV = "LTPIPE_RUNTIME_SETTINGS"
+# Keys a checkpoint need not agree on to be resumed: those, and final_eval (it only adds the
+# test score at the end).
+RESUME_NEUTRAL_KEYS = (*RUNTIME_KEYS, "final_eval")
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
