@@ -80,27 +80,63 @@ def test_kps_scales_known_answer():
     np.testing.assert_allclose(kps_scales(KPS_COUNTS).numpy(), KPS_S, rtol=1e-6)
 
 
-def test_kps_margins_go_by_rank_on_unsorted_counts():
-    m = kps_margins(KPS_COUNTS, max_m=0.6)
-    np.testing.assert_allclose(m.numpy(), KPS_M, rtol=1e-6)
-    assert m.argmax().item() == 0 and m[0].item() == pytest.approx(0.6)  # rarest: max_m
-    assert m.argmin().item() == 1  # most frequent: smallest
-    # The reference's index flip would give s[::-1] * 0.2, which differs here.
-    assert not np.allclose(m.numpy(), np.array(KPS_S[::-1]) * 0.2)
-    # Permuting the labels permutes the margins.
-    perm = [2, 0, 3, 1]
+def _closed_form_margins(counts, max_m):
+    """The paper's m_j = C_m - log n_j, normalized so the rarest class gets max_m (plain loop)."""
+    top, low = max(counts), min(counts)
+    return [max_m * math.log(50 * top / n) / math.log(50 * top / low) for n in counts]
+
+
+def cifar_lt_counts(n_max: int, num_classes: int, imb: float) -> list[int]:
+    """The LDAM-DRW profile n_i = int(n_max * (1/IF) ** (i / (C - 1))) (methods.md section 1)."""
+    return [int(n_max * (1 / imb) ** (i / (num_classes - 1))) for i in range(num_classes)]
+
+
+def test_kps_margins_closed_form_is_the_default():
+    m = kps_margins(KPS_COUNTS, max_m=0.6)  # unsorted labels
+    np.testing.assert_allclose(m.numpy(), _closed_form_margins(KPS_COUNTS, 0.6), rtol=1e-6)
+    assert m[0].item() == pytest.approx(0.6) and m.argmin().item() == 1
+    # By hand: ln(50 * 2500 / n) / ln 50 = 3, 1, 2, 2 + ln 5 / ln 50 -> * 0.6 / 3.
+    np.testing.assert_allclose(m.numpy(), [0.6, 0.2, 0.4, 0.2 * (2 + math.log(5) / LN50)],
+                               rtol=1e-6)
+    perm = [2, 0, 3, 1]  # permuting the labels permutes the margins
     permuted = kps_margins([KPS_COUNTS[i] for i in perm], max_m=0.6)
     np.testing.assert_allclose(permuted.numpy(), m.numpy()[perm], rtol=1e-6)
 
 
-def test_kps_margins_ties_and_paper_form():
-    m = kps_margins([10, 1, 1], max_m=0.5)  # equal counts share a rank level
+@pytest.mark.parametrize("imb", [50, 100, 200])
+def test_kps_closed_form_on_tied_cifar100_counts(imb):
+    # CIFAR-100-LT from IF 20 up has tied counts; each tie must not shift the other classes
+    # (the dense rank of distinct counts did: 0.025 / 0.041 / 0.068 off at IF 50 / 100 / 200).
+    counts = cifar_lt_counts(500, 100, imb)
+    assert len(set(counts)) < 100
+    m = kps_margins(counts, 0.5).numpy()
+    np.testing.assert_allclose(m, _closed_form_margins(counts, 0.5), rtol=1e-6, atol=1e-7)
+    for n in set(counts):
+        tied = [j for j, c in enumerate(counts) if c == n]
+        assert np.ptp(m[tied]) == 0.0
+    late = build_loss("kps", counts, max_m=0.5).sample_scale(torch.arange(100), 200)[:, 0]
+    want = [min(max(15 * math.log(50 * 500 / n) / LN50, 15.0), 50.0) for n in counts]
+    np.testing.assert_allclose(late.numpy(), want, rtol=1e-6)
+
+
+def test_kps_margins_positional_option_goes_by_count_position():
+    m = kps_margins(KPS_COUNTS, max_m=0.6, mirror="positional")
+    np.testing.assert_allclose(m.numpy(), KPS_M, rtol=1e-6)
+    assert m.argmax().item() == 0 and m[0].item() == pytest.approx(0.6)  # rarest: max_m
+    # The reference's flip of the LABEL-ordered array would give s[::-1] * 0.2, which differs.
+    assert not np.allclose(m.numpy(), np.array(KPS_S[::-1]) * 0.2)
+    # Ties go by class index: classes 1 and 2 (count 1) hold positions 1 and 2 of [10, 1, 1];
+    # position 1 mirrors onto itself (s = 1), position 2 onto class 0 (s = ln 500 / ln 50), so
+    # the two tied classes get different margins, as in the reference code.
     s10 = math.log(500) / LN50
-    np.testing.assert_allclose(m.numpy(), [0.5 / s10, 0.5, 0.5], rtol=1e-6)
-    # Exponential profile: rank mirror == paper's m_j = C_m - log n_j, normalized to max_m.
+    np.testing.assert_allclose(kps_margins([10, 1, 1], 0.5, mirror="positional").numpy(),
+                               [0.5 / s10, 0.5 / s10, 0.5], rtol=1e-6)
+    # Exponential profile, exact: positional == closed form (the paper's m_j = C_m - log n_j).
     counts = [10.0, 1000.0, 1.0, 100.0]
-    want = [0.3 * math.log(50 * 1000 / n) / math.log(50 * 1000) for n in counts]
-    np.testing.assert_allclose(kps_margins(counts, 0.3).numpy(), want, rtol=1e-6)
+    np.testing.assert_allclose(kps_margins(counts, 0.3, mirror="positional").numpy(),
+                               _closed_form_margins(counts, 0.3), rtol=1e-6)
+    with pytest.raises(LtpipeError, match="mirror='rank'.*closed_form"):
+        kps_margins(counts, 0.3, mirror="rank")
 
 
 @pytest.mark.parametrize("bad", [[3, 0, 1], [], [[1, 2]], [1, float("nan")], ["a", "b"]])
@@ -114,27 +150,35 @@ def test_bad_counts_raise(bad):
 
 def test_ce_and_drw_switch_at_drw_epoch():
     counts = [100, 10, 1]
-    logits, target = _inputs(c=3)
+    logits, _ = _inputs(c=3)
+    target = torch.tensor([0, 0, 0, 0, 1, 2])  # head-heavy, as instance sampling draws
     loss = build_loss("ce", counts, drw_epoch=3, drw_beta=0.9)
     rows = logits.tolist()
     ce = [_ce(rows[i], int(target[i])) for i in range(len(rows))]
     w = [0.2393292360088335, 0.3674419730958617, 2.3932287908953045]
+    wy = [w[int(t)] for t in target]
     plain = sum(ce) / len(ce)
-    weighted = sum(w[int(t)] * c for t, c in zip(target, ce)) / len(ce)
+    # default reduction: sum_i w_yi l_i / sum_i w_yi, torch's cross_entropy(weight=w) (the
+    # LDAM-DRW reference); the plain mean of w_yi l_i stays an option (Cui et al.'s form)
+    weighted = sum(a * c for a, c in zip(wy, ce)) / sum(wy)
     assert loss(logits, target, epoch=2).item() == pytest.approx(plain, rel=1e-6)
     assert loss(logits, target, epoch=3).item() == pytest.approx(weighted, rel=1e-6)
     assert loss(logits, target, epoch=50).item() == pytest.approx(weighted, rel=1e-6)
-    wm = build_loss("ce", counts, drw_epoch=0, drw_beta=0.9, weighted_mean=True)
     ref = F.cross_entropy(logits, target, weight=torch.tensor(w, dtype=torch.float64))
-    assert wm(logits, target).item() == pytest.approx(ref.item(), rel=1e-6)
+    assert loss(logits, target, epoch=3).item() == pytest.approx(ref.item(), rel=1e-6)
+    mean = build_loss("ce", counts, drw_epoch=0, drw_beta=0.9, weighted_mean=False)
+    assert mean(logits, target).item() == pytest.approx(
+        sum(a * c for a, c in zip(wy, ce)) / len(ce), rel=1e-6)
 
 
 def test_ce_scale_and_cb_beta():
     counts = [100, 10, 1]
-    logits, target = _inputs(c=3)
+    logits, _ = _inputs(c=3)
+    target = torch.tensor([0, 0, 0, 0, 1, 2])  # head-heavy, as instance sampling draws
     rows = (logits * 4).tolist()
     w = [0.2393292360088335, 0.3674419730958617, 2.3932287908953045]
-    want = sum(w[int(t)] * _ce(r, int(t)) for r, t in zip(rows, target)) / len(rows)
+    wy = [w[int(t)] for t in target]
+    want = sum(a * _ce(r, int(t)) for a, r, t in zip(wy, rows, target)) / sum(wy)
     got = build_loss("ce", counts, scale=4.0, cb_beta=0.9)(logits, target, epoch=7)
     assert got.item() == pytest.approx(want, rel=1e-6)
 
@@ -190,7 +234,7 @@ def _kps_reference(cos, target, epoch, max_scale=50.0):
 
 def test_kps_loop_formula_and_scale_switch_at_epoch_120():
     cos, target = _inputs(seed=3, b=8)
-    loss = build_loss("kps", KPS_COUNTS, max_m=0.6)
+    loss = build_loss("kps", KPS_COUNTS, max_m=0.6, mirror="positional")
     early = loss(cos, target, epoch=119).item()
     late = loss(cos, target, epoch=120).item()
     assert early == pytest.approx(_kps_reference(cos, target, 0), rel=1e-5)
@@ -199,9 +243,10 @@ def test_kps_loop_formula_and_scale_switch_at_epoch_120():
     # per-sample scales 45, 15, ~23.8, 30 after the switch; max_scale 30 clamps the first
     assert loss.sample_scale(torch.arange(4), 120)[:, 0].tolist() == pytest.approx(
         [45.0, 15.0, 15 * KPS_S[3], 30.0], rel=1e-6)
-    clamped = build_loss("kps", KPS_COUNTS, max_m=0.6, max_scale=30.0)(cos, target, epoch=200)
+    clamped = build_loss("kps", KPS_COUNTS, max_m=0.6, max_scale=30.0,
+                         mirror="positional")(cos, target, epoch=200)
     assert clamped.item() == pytest.approx(_kps_reference(cos, target, 200, 30.0), rel=1e-5)
-    short = build_loss("kps", KPS_COUNTS, max_m=0.6, switch_epoch=5)
+    short = build_loss("kps", KPS_COUNTS, max_m=0.6, switch_epoch=5, mirror="positional")
     assert short(cos, target, epoch=5).item() == pytest.approx(late, rel=1e-6)
 
 

@@ -64,6 +64,10 @@ def epoch(default: int | None, optional: bool = False) -> Setting:
     return Setting(default, ok, ("null or " if optional else "") + "an integer epoch >= 0")
 
 
+def choice(default: str, options: tuple[str, ...]) -> Setting:
+    return Setting(default, lambda v: v in options, f"one of {list(options)}")
+
+
 def flag(default: bool) -> Setting:
     return Setting(default, lambda v: isinstance(v, bool), "true or false")
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ltpipe.losses import base
 from ltpipe.losses.base import LTLoss, Setting, register_loss
-from ltpipe.losses.weights import kps_margins, kps_mirrored_scales, kps_scales
+from ltpipe.losses.weights import KPS_MIRRORS, kps_margins, kps_mirrored_scales, kps_scales
 from ltpipe.utils import LtpipeError
 
 
@@ -17,23 +17,23 @@ from ltpipe.utils import LtpipeError
 class KPSLoss(LTLoss):
     """KPS loss (methods.md section 3; FFN paper Eq. 5-8) on raw cosines of a cosine head.
 
-    With s_j = ln(50 n_j / n_min) / ln 50 and k(j) the class at the mirrored count rank of j
-    (classes sorted by descending count; the rarest class pairs with the most frequent):
+    With s_j = ln(50 n_j / n_min) / ln 50 and s_{k(j)} the scale class j takes from its mirror
+    class k(j) (``ltpipe.losses.weights.kps_mirrored_scales``):
 
     - margins m_j = s_{k(j)} * max_m / max(s): the rarest class gets ``max_m``;
     - logits z_j = s_j cos_j, and for the target z_y = s_y cos_y - m_y;
     - loss CE(scale * z) with ``scale`` = 15 for epochs < ``switch_epoch`` (120), then the
       scale becomes per sample clamp(scale * s_{k(y)}, scale, ``max_scale`` = 50).
 
-    The paper writes s (r_y cos_y - m_y) with r_y = log n_y + C_r and m_y = C_m - log n_y;
-    s_j above is r_j / ln 50 with C_r = ln(50 / n_min). For an exponential profile (CIFAR-LT),
-    log n of the mirrored class is log n_max + log n_min - log n_j, so the rank mirror gives the
-    paper's m_y = C_m - log n_y exactly (up to the normalization to ``max_m``).
-
-    Difference from the reference code: it obtains m by flipping the label-ordered array of s,
-    i.e. m_j uses s_{C-1-j}, which is right only when labels are sorted by descending count. Here
-    the mirror goes by count RANK, so any label order gives the same margins per class. Classes
-    with equal counts share one rank level (dense ranking), so they get equal margins and scales.
+    ``mirror: closed_form`` (default, the paper's form): s_{k(j)} = ln(50 n_max / n_j) / ln 50,
+    i.e. the paper's m_y = C_m - log n_y normalized to ``max_m``. The paper writes the loss as
+    s (r_y cos_y - m_y) with r_y = log n_y + C_r; s_j above is r_j / ln 50 with
+    C_r = ln(50 / n_min). Classes with equal counts get equal margins and scales.
+    ``mirror: positional`` (the public FFN code, Feature-Fusion-Network.pytorch): classes sorted by
+    descending count (ties by class index), position p takes the scale at position C - 1 - p;
+    the reference flips the label-ordered array, which is the same when labels are sorted by
+    count, as in its CIFAR-LT data. The two agree exactly on an exact exponential profile and
+    differ slightly once counts are rounded or tied (up to 0.008 of max_m 0.5 on CIFAR-100 IF 100).
     ``max_m``: 0.2 on CIFAR-10, 0.5 on CIFAR-100, 0.35 on ImageNet-LT (methods.md).
     """
 
@@ -42,6 +42,7 @@ class KPSLoss(LTLoss):
         "max_m": base.positive(0.5),
         "switch_epoch": base.epoch(120),
         "max_scale": base.positive(50.0),
+        "mirror": base.choice("closed_form", KPS_MIRRORS),
     }
 
     def __init__(self, counts: Any, **settings: Any) -> None:
@@ -52,8 +53,10 @@ class KPSLoss(LTLoss):
                 "the late-epoch scale is clamped to [scale, max_scale], so set max_scale >= scale"
             )
         self.register_buffer("class_scales", kps_scales(counts), persistent=False)
-        self.register_buffer("mirrored_scales", kps_mirrored_scales(counts), persistent=False)
-        self.register_buffer("margins", kps_margins(counts, self.max_m), persistent=False)
+        mirrored = kps_mirrored_scales(counts, self.mirror)
+        self.register_buffer("mirrored_scales", mirrored, persistent=False)
+        self.register_buffer("margins", kps_margins(counts, self.max_m, self.mirror),
+                             persistent=False)
 
     def sample_scale(self, target: Tensor, epoch: int) -> Tensor | float:
         """The outer scale at ``epoch``: ``scale`` before the switch, per-sample [B, 1] after."""

@@ -91,28 +91,42 @@ def kps_scales(counts: Any) -> torch.Tensor:
     return _f32(_kps_scales64(as_counts(counts)))
 
 
-def kps_mirrored_scales(counts: Any) -> torch.Tensor:
-    """s_{k(j)}: the KPS scale of the class at the mirrored count rank of class j.
+KPS_MIRRORS = ("closed_form", "positional")
 
-    Classes are ranked by descending count; class j at rank r is paired with the class at rank
-    C - 1 - r, so the rarest class gets max(s) and the most frequent gets 1. Ties are ranked
-    densely (all classes with one count form one rank level, mirrored over the distinct counts),
-    so equal counts always get equal values and both end points keep their guarantee.
-    Without ties this is the plain rank mirror.
+
+def kps_mirrored_scales(counts: Any, mirror: str = "closed_form") -> torch.Tensor:
+    """s_{k(j)}: the KPS scale that class j takes from its mirror class k(j).
+
+    ``mirror="closed_form"`` (default; the FFN paper's form): s_{k(j)} = ln(50 n_max / n_j) / ln 50.
+    For an exact exponential profile, n_{k(j)} = n_max n_min / n_j, so this IS the scale of the
+    mirrored class; it is the paper's m_y = C_m - log n_y up to the normalization to ``max_m``.
+    Equal counts get equal values by construction, the rarest class gets max(s) and the most
+    frequent gets 1, whatever the label order.
+
+    ``mirror="positional"`` (the public FFN code): sort classes by descending count, ties by class
+    index (a stable sort); the class at position p takes the scale s of the class at position
+    C - 1 - p. The reference flips the label-ordered array, which is this when labels are sorted
+    by count; once counts are rounded (CIFAR-LT) or tied, it only approximates the closed form.
     """
     n = as_counts(counts)
-    levels, level_of = np.unique(n, return_inverse=True)  # ascending distinct counts
-    s_levels = _kps_scales64(levels)
-    return _f32(s_levels[::-1][level_of])
+    if mirror == "closed_form":
+        return _f32(np.log(KPS_BASE * n.max() / n) / math.log(KPS_BASE))
+    if mirror == "positional":
+        order = np.argsort(-n, kind="stable")  # position p -> class order[p]
+        s = _kps_scales64(n)
+        out = np.empty_like(s)
+        out[order] = s[order[::-1]]
+        return _f32(out)
+    raise LtpipeError(f"KPS mirror={mirror!r} is unknown: expected one of {list(KPS_MIRRORS)} "
+                      "(closed_form is the paper's, positional the reference code's)")
 
 
-def kps_margins(counts: Any, max_m: float) -> torch.Tensor:
-    """KPS margins m_j = s_{k(j)} * max_m / max(s), k(j) the mirrored count rank of j.
+def kps_margins(counts: Any, max_m: float, mirror: str = "closed_form") -> torch.Tensor:
+    """KPS margins m_j = s_{k(j)} * max_m / max_j s_{k(j)} (see ``kps_mirrored_scales``).
 
-    The rarest class gets max_m, the most frequent max_m / max(s). Goes by count RANK, never by
-    label index (the reference code flips the label-ordered array; see ``KPSLoss``).
+    The rarest class gets ``max_m``, the most frequent max_m / max(s).
     """
     if not (isinstance(max_m, (int, float)) and max_m > 0):
         raise LtpipeError(f"max_m must be a positive number, got {max_m!r} (0.2-0.5 is usual)")
-    mirrored = kps_mirrored_scales(counts).double()
+    mirrored = kps_mirrored_scales(counts, mirror).double()
     return (mirrored * (max_m / mirrored.max())).float()
