@@ -175,6 +175,25 @@ def test_ffn_fuse_known_values():
     assert torch.allclose(fuse_features(a, b, 0.25, True), torch.tensor([[0.9, 0.2]]))
 
 
+def _cos(a, b):
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return a @ b.T
+
+
+@pytest.mark.parametrize("w1", [0.5, 0.9])
+def test_ffn_reference_scores_are_weighted_cosines(w1):
+    # The reference's classifier gives w1 cos(f_KPS, w_j) + (1 - w1) cos(f_CE, w_j), times s:
+    # the weighted sum of the normalized features is NOT normalized again. lr 0 keeps the
+    # classifier at its initialization, the KPS head, so the scores follow by a plain formula.
+    kps, ce = synth(1, "cosine"), synth(2)
+    got = run_method("ffn", [kps, ce], {"w1": w1, "variant": "reference", "lr": 0.0,
+                                        "epochs": 1}, 0)["test"]
+    want = 30.0 * (w1 * _cos(kps.test["pooled"], kps.head_weight)
+                   + (1 - w1) * _cos(ce.test["pooled"], kps.head_weight))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def _noisy_copy(f, seed):
     rng = np.random.default_rng(seed)
     out = Features(**{**f.__dict__})

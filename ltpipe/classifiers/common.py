@@ -50,16 +50,23 @@ class LinearHead(nn.Module):
 
 
 class CosineHead(nn.Module):
-    """z = scale * cos(x, w_j): rows of W and the input are L2-normalized."""
+    """z = scale * <x, w_j / ||w_j||>, with x L2-normalized too unless ``normalize_input`` is off.
 
-    def __init__(self, weight: torch.Tensor, scale: float = 1.0):
+    With ``normalize_input=False`` the caller passes inputs that are already combinations of
+    unit vectors (FFN's reference fusion): the output is then a weighted sum of cosines.
+    """
+
+    def __init__(self, weight: torch.Tensor, scale: float = 1.0, normalize_input: bool = True):
         super().__init__()
         self.weight = nn.Parameter(weight.clone())
         self.bias = None
         self.scale = float(scale)
+        self.normalize_input = normalize_input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * (F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t())
+        if self.normalize_input:
+            x = F.normalize(x, dim=1)
+        return self.scale * (x @ F.normalize(self.weight, dim=1).t())
 
 
 def random_weight(num_classes: int, dim: int, generator: torch.Generator,

@@ -7,9 +7,10 @@ variant "paper" (default; FFN paper, Table 2 and Eq. 14): raw features fused, a 
   initialized cosine classifier, LDAM (max_m 0.5, s 30), instance sampling, 30 epochs, batch 64,
   wd 2e-4, lr 0.1. The paper names no lr schedule; cosine to 0 is our choice. LDAM's scale s = 30
   presumes raw cosines, hence the cosine classifier.
-variant "reference" (public code): both features L2-normalized before the weighted sum, the
-  classifier initialized from the KPS head, resampling with weights 1/n_y (= class-balanced
-  sampling), cosine lr from 0.002 to 0.
+variant "reference" (public code, zxsong999/Feature-Fusion-Network.pytorch): both features
+  L2-normalized before the weighted sum and the sum NOT re-normalized, so the classifier outputs
+  w1 * cos(f_KPS, w_j) + (1 - w1) * cos(f_CE, w_j); the classifier's rows are initialized from the
+  KPS head; resampling with weights 1/n_y (= class-balanced sampling), cosine lr from 0.002 to 0.
 Returned scores are s * cos (the LDAM scale times the classifier's cosines).
 """
 
@@ -90,7 +91,7 @@ def run(inputs: list, settings: dict, seed: int, device: torch.device) -> dict[s
 
     x, y = fused("train"), as_tensor(kps.train["labels"], device, torch.long)
     if ref:
-        head = CosineHead(as_tensor(kps.head_weight, device))
+        head = CosineHead(as_tensor(kps.head_weight, device), normalize_input=False)
     else:
         head = new_head("cosine", kps.num_classes, x.shape[1], gen, device)
     loss = make_loss("ldam", kps.class_counts, device, max_m=settings["max_m"],
