@@ -92,3 +92,24 @@ def test_sweep_point_chosen_on_validation_only(tmp_path):
     rows = write_summary(paths, tmp_path / "t.csv", tmp_path / "t.md")
     assert all(r["chosen_on_val"] == "" for r in rows)
     assert "none is chosen" in (tmp_path / "t.md").read_text()
+
+
+def test_sweep_whose_points_predict_the_same_is_reported(tmp_path, capsys):
+    def job(point, pred):
+        out = tmp_path / point
+        out.mkdir()
+        np.savez(out / "logits.npz", test=_onehot(np.array(pred), 3).astype(np.float32))
+        return _metrics(out / "metrics.json", 0, 50.0, point=point)
+
+    paths = [job("lam=0.01", [0, 1, 2, 2]), job("lam=0.1", [0, 1, 2, 2]),
+             job("lam=1.0", [0, 1, 1, 2])]
+    write_summary(paths, tmp_path / "s.csv", tmp_path / "s.md")
+    warning = capsys.readouterr().out
+    assert "points lam=0.01, lam=0.1 predict identical test classes" in warning
+    assert "lam=1.0" not in warning
+    md = (tmp_path / "s.md").read_text()
+    assert "## Sweeps that changed nothing" in md and "lam=0.01, lam=0.1" in md
+    # a sweep whose points all differ says nothing
+    paths = [job("tau=0", [0, 0, 0, 0]), job("tau=1", [1, 1, 1, 1])]
+    write_summary(paths, tmp_path / "t.csv", tmp_path / "t.md")
+    assert "changed nothing" not in (tmp_path / "t.md").read_text()

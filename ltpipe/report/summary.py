@@ -8,10 +8,13 @@ jobs that differ only in their seeds and reports mean and standard deviation ove
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 from ltpipe.utils import atomic_path, read_json
 
@@ -42,6 +45,7 @@ def rows_from_metrics(paths: list[str | Path]) -> list[dict]:
         row.update({k: test.get(k) for k in METRICS})
         row["val_all"] = m["metrics"].get("val", {}).get("all")
         row["chosen_on_val"] = ""
+        row["_predictions"] = prediction_digest(Path(path).with_name("logits.npz"))
         rows.append(row)
     rows.sort(key=lambda r: tuple(str(r[k]) for k in COLUMNS[:9]))
     mark_chosen_on_val(rows)
@@ -64,6 +68,47 @@ def mark_chosen_on_val(rows: list[dict]) -> None:
         best = max(members, key=lambda m: m["val_all"])
         for m in members:
             m["chosen_on_val"] = "yes" if m is best else "no"
+
+
+def prediction_digest(logits_path: Path) -> str | None:
+    """SHA-256 of the predicted class of every test sample (None where no logits file exists)."""
+    if not logits_path.exists():
+        return None
+    with np.load(logits_path) as scores:
+        pred = np.asarray(scores["test"]).argmax(axis=1).astype(np.int64)
+    return hashlib.sha256(pred.tobytes()).hexdigest()
+
+
+def inert_sweeps(rows: list[dict]) -> list[str]:
+    """One line per sweep in which several points predict exactly the same test classes.
+
+    Such points are the same classifier as far as accuracy goes: the swept setting did not
+    reach the predictions (too little training to move them, or a setting the method ignores).
+    """
+    sweeps: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        sweeps[tuple(r[k] for k in SWEEP_KEYS)].append(r)
+    lines = []
+    for key, members in sweeps.items():
+        same: dict[str, list[str]] = defaultdict(list)
+        for m in members:
+            if m.get("_predictions") is not None:
+                same[m["_predictions"]].append(m["point"])
+        for points in same.values():
+            if len(points) > 1:
+                where = ", ".join(f"{k}={v}" for k, v in zip(SWEEP_KEYS, key))
+                lines.append(f"sweep {where}: points {', '.join(sorted(points))} predict "
+                             "identical test classes (the setting changed nothing)")
+    return lines
+
+
+def inert_section(lines: list[str]) -> str:
+    """Markdown: the sweeps whose points changed nothing (empty when there are none)."""
+    if not lines:
+        return ""
+    return ("\n## Sweeps that changed nothing\n\nThese sweep points gave identical predictions "
+            "on every test sample; their rows above are one result, not several.\n\n"
+            + "\n".join(f"- {line}" for line in lines) + "\n")
 
 
 def chosen_section(rows: list[dict]) -> str:
@@ -132,6 +177,9 @@ def markdown_table(rows: list[dict]) -> str:
 def write_summary(metric_paths: list[str], csv_path: str, md_path: str) -> list[dict]:
     """Write both tables atomically; returns the per-job rows."""
     rows = rows_from_metrics(metric_paths)
+    inert = inert_sweeps(rows)
+    for line in inert:
+        print(f"warning: {line}")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -142,7 +190,7 @@ def write_summary(metric_paths: list[str], csv_path: str, md_path: str) -> list[
     text = ("# ltpipe results\n\nTop-1 accuracy (%) on the balanced test set; mean ± sample std "
             "over split and training seeds where there are several. No hyper-parameter was "
             "selected on the test set: every sweep point is its own row.\n\n"
-            + markdown_table(rows) + chosen_section(rows))
+            + markdown_table(rows) + chosen_section(rows) + inert_section(inert))
     with atomic_path(md_path) as tmp:
         Path(tmp).write_text(text)
     return rows
