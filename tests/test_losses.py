@@ -119,6 +119,38 @@ def test_kps_closed_form_on_tied_cifar100_counts(imb):
     np.testing.assert_allclose(late.numpy(), want, rtol=1e-6)
 
 
+# Numbers printed by the reference code: zxsong999/Feature-Fusion-Network.pytorch, losses.py
+# (class KPSLoss, lines 53-99), commit 2a242ae1e7f33d50308303771a2c04cb11ea4eb6, run on CPU in
+# float32 on the CIFAR-LT profiles below (labels sorted by count, as in its data), inputs
+# cos = torch.rand(B, C) * 2 - 1 after torch.manual_seed(0).
+KPS_REFERENCE = {
+    # (n_max, C, max_m, targets): (loss before the switch epoch, loss after it)
+    (500, 100, 0.5, (0, 5, 17, 33, 50, 66, 90, 99)): (31.834095, 48.756023),
+    (5000, 10, 0.2, (0, 1, 3, 5, 7, 9)): (23.475435, 38.647633),
+}
+KPS_REFERENCE_MARGINS_C10_IF100 = [0.0918618, 0.1037628, 0.1158709, 0.1278998, 0.1399152,
+                                   0.1519104, 0.1639492, 0.1759574, 0.1879814, 0.2]
+
+
+@pytest.mark.parametrize("case", sorted(KPS_REFERENCE))
+def test_kps_positional_reproduces_the_reference_code(case):
+    n_max, c, max_m, targets = case
+    counts = cifar_lt_counts(n_max, c, 100)
+    g = torch.Generator().manual_seed(0)
+    cos = torch.rand(len(targets), c, generator=g) * 2 - 1
+    target = torch.tensor(targets)
+    loss = build_loss("kps", counts, max_m=max_m, mirror="positional")
+    early, late = KPS_REFERENCE[case]
+    assert loss(cos, target, epoch=0).item() == pytest.approx(early, rel=1e-6)
+    assert loss(cos, target, epoch=150).item() == pytest.approx(late, rel=1e-6)
+    if c == 10:
+        np.testing.assert_allclose(loss.margins.numpy(), KPS_REFERENCE_MARGINS_C10_IF100,
+                                   atol=1e-6)
+    # the paper's closed form differs from the reference once counts are rounded
+    closed = build_loss("kps", counts, max_m=max_m)
+    assert closed(cos, target, epoch=150).item() != pytest.approx(late, rel=1e-4)
+
+
 def test_kps_margins_positional_option_goes_by_count_position():
     m = kps_margins(KPS_COUNTS, max_m=0.6, mirror="positional")
     np.testing.assert_allclose(m.numpy(), KPS_M, rtol=1e-6)

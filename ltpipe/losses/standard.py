@@ -83,12 +83,15 @@ class FocalLoss(ReweightedLoss):
 
     ``gamma`` defaults to 1.0, the value of the focal baseline in the LDAM-DRW CIFAR-LT protocol
     that ltpipe follows (Lin et al. used 2 for detection; Cui et al. swept 0.5-2). gamma = 0 is CE.
-    With weights, the weight multiplies the focal term (it does not enter p_y).
+    With weights, the weight multiplies the focal term (it does not enter p_y), and the batch
+    reduction is the plain mean of w_y * l_i (``weighted_mean: false``): both Cui et al.'s
+    class-balanced focal loss and the LDAM-DRW reference's ``FocalLoss`` divide by the batch size.
     """
 
     SETTINGS: ClassVar[dict[str, Setting]] = {
         **ReweightedLoss.SETTINGS,
         "gamma": base.nonnegative(1.0),
+        "weighted_mean": base.flag(False),
     }
 
     def sample_losses(self, logits: Tensor, target: Tensor, epoch: int) -> Tensor:
