@@ -288,6 +288,24 @@ def test_bwlm_balanced_review_counts():
     assert not torch.equal(keep, other)
 
 
+def test_bwlm_lambda_is_sgd_weight_decay_or_the_papers_penalty():
+    # On all-zero training features the loss has no gradient on W, so one SGD step (lr 0.5,
+    # no momentum) only decays it: W1 = (1 - lr lam) W0 with the cited code's SGD weight decay,
+    # W1 = (1 - 2 lr lam) W0 with the paper's literal penalty lam ||W||^2.
+    f = synth(3)
+    f.train["pooled"] = np.zeros_like(f.train["pooled"])
+    base = {"iterations": 1, "momentum": 0.0, "lr": 0.5, "schedule": "constant"}
+
+    def weight(**kw):
+        return run_method("bwlm", [f], {**base, **kw}, 0)["head_weight"]
+
+    w0 = weight(lam=0.0)
+    np.testing.assert_allclose(weight(lam=0.1), 0.95 * w0, rtol=1e-6)
+    np.testing.assert_allclose(weight(lam=0.1, decay="penalty"), 0.9 * w0, rtol=1e-6)
+    with pytest.raises(LtpipeError, match="decay='l2'"):
+        weight(decay="l2")
+
+
 # ---- trainer ----
 
 def test_momentum_sgd_known_updates():
@@ -319,6 +337,26 @@ def test_trainer_schedule_and_iterations():
     assert len(calls) == 7 and all(c is None for c in calls)
     with pytest.raises(LtpipeError, match="schedule='step'"):
         TrainConfig(schedule="step").validate()
+
+
+@pytest.mark.parametrize("epoch_samples, steps", [("data", 3), ("class_aware", 5)])
+def test_trainer_epoch_length(epoch_samples, steps):
+    # counts 6, 3, 1 (N = 10), batch 4: "data" = ceil(10 / 4) = 3 steps per epoch,
+    # "class_aware" = ceil(n_max * C / 4) = ceil(18 / 4) = 5 (Kang et al.'s sampler length)
+    y = torch.tensor([0] * 6 + [1] * 3 + [2])
+    calls = []
+
+    def hook(idx, x, y, g):
+        calls.append(idx)
+        return x[idx], y[idx]
+
+    cfg = TrainConfig(epochs=2, batch_size=4, epoch_samples=epoch_samples)
+    history = train_head(torch.nn.Linear(2, 3), torch.randn(10, 2), y,
+                         lambda z, t, e: torch.nn.functional.cross_entropy(z, t), cfg, gen(),
+                         hook)
+    assert len(history) == 2 and len(calls) == 2 * steps
+    with pytest.raises(LtpipeError, match="epoch_samples='nmax'"):
+        TrainConfig(epoch_samples="nmax").validate()
 
 
 # ---- registry, runner, inputs ----
@@ -377,7 +415,7 @@ def test_features_from_cache_loads_only_what_is_needed():
 
 FAST = {"crt": {"epochs": 20}, "lws": {"epochs": 5}, "ffn": {"epochs": 10},
         "h2t": {"epochs": 10}, "fsa": {"iterations": 60},
-        "bwlm": {"epochs": 40, "batch_size": 16, "lr": 0.05}}
+        "bwlm": {"iterations": 200, "batch_size": 16, "lr": 0.05}}
 
 
 def run_fast(name, seed=0):

@@ -1,5 +1,15 @@
 """cRT (classifier re-training, Kang et al.): a re-initialized linear head trained with CE on the
-frozen pooled features, class-balanced sampling, 10 epochs, cosine learning rate."""
+frozen pooled features, class-balanced sampling, 10 epochs, cosine learning rate.
+
+Defaults are the reference code's ImageNet-LT config (facebookresearch/classifier-balancing,
+config/ImageNet_LT/*/cls_crt.yaml): batch 512, lr 0.2 cosine to 0, momentum 0.9, wd 5e-4, 10
+epochs. An epoch there is int(N / batch) steps over the real training-set size
+(``run_networks.py`` sets ``epoch_steps`` from the data set, not from the class-aware sampler's
+nominal n_max x C length), so ``epoch_samples`` defaults to "data"; "class_aware" gives the
+sampler's nominal epoch of n_max x C samples. Places-LT uses batch 256 / lr 0.1 and
+iNaturalist 2018 wd 1e-4 / 30 epochs (see the presets). Not reproduced: the reference samples 4
+consecutive images per class visit and updates the frozen backbone's BatchNorm statistics.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +20,14 @@ from ltpipe.classifiers.common import make_loss, new_head, score_splits, train_t
 from ltpipe.classifiers.trainer import TrainConfig, make_generator, train_head
 
 DEFAULTS = {
-    "epochs": 10,                 # passes of ceil(N / batch_size) steps (methods.md: 10)
-    "batch_size": 128,            # samples per step
-    "lr": 0.1,                    # start learning rate
-    "lr_min": 0.0,                # cosine schedule end
+    "epochs": 10,                 # Kang et al.: 10
+    "epoch_samples": "data",      # one epoch: "data" = N samples (reference) | "class_aware"
+    "batch_size": 512,            # reference ImageNet-LT config: 512
+    "lr": 0.2,                    # reference ImageNet-LT config: 0.2
+    "lr_min": 0.0,                # cosine schedule end (reference: 0)
     "schedule": "cosine",         # "cosine" | "constant"
     "momentum": 0.9,              # SGD momentum
-    "weight_decay": 5e-4,         # SGD weight decay
+    "weight_decay": 5e-4,         # SGD weight decay (reference ImageNet-LT: 5e-4)
     "sampler": "class_balanced",  # instance | class_balanced | sqrt | inverse
 }
 NEEDS = {"pooled"}

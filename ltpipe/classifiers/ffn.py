@@ -10,7 +10,8 @@ variant "paper" (default; FFN paper, Table 2 and Eq. 14): raw features fused, a 
 variant "reference" (public code, zxsong999/Feature-Fusion-Network.pytorch): both features
   L2-normalized before the weighted sum and the sum NOT re-normalized, so the classifier outputs
   w1 * cos(f_KPS, w_j) + (1 - w1) * cos(f_CE, w_j); the classifier's rows are initialized from the
-  KPS head; resampling with weights 1/n_y (= class-balanced sampling), cosine lr from 0.002 to 0.
+  KPS head; resampling with weights 1/n_y (= class-balanced sampling, N samples per epoch),
+  cosine lr from 0.002 to 0 (0.01 * 0.1 * (1 + cos)), weight decay 1e-4 (cifar_train_classifier.py).
 Returned scores are s * cos (the LDAM scale times the classifier's cosines).
 """
 
@@ -44,13 +45,13 @@ DEFAULTS = {
     "lr_min": 0.0,        # cosine schedule end
     "schedule": "cosine",  # "cosine" | "constant"
     "momentum": 0.9,      # SGD momentum
-    "weight_decay": 2e-4,  # paper: 2e-4 (CIFAR)
+    "weight_decay": None,  # None = variant default: 2e-4 (paper), 1e-4 (reference)
     "sampler": None,      # None = variant default: instance (paper), class_balanced (reference)
 }
 NEEDS = {"pooled"}
 NUM_BACKBONES = 2
-VARIANT_DEFAULTS = {"paper": {"lr": 0.1, "sampler": "instance"},
-                    "reference": {"lr": 0.002, "sampler": "class_balanced"}}
+VARIANT_DEFAULTS = {"paper": {"lr": 0.1, "sampler": "instance", "weight_decay": 2e-4},
+                    "reference": {"lr": 0.002, "sampler": "class_balanced", "weight_decay": 1e-4}}
 
 
 def fuse_features(f_kps: torch.Tensor, f_ce: torch.Tensor, w1: float,
@@ -80,7 +81,7 @@ def run(inputs: list, settings: dict, seed: int, device: torch.device) -> dict[s
     _check_inputs(kps, ce)
     variant = settings["variant"]
     resolved = {k: (VARIANT_DEFAULTS[variant][k] if settings[k] is None else settings[k])
-                for k in ("lr", "sampler")}
+                for k in VARIANT_DEFAULTS[variant]}
     cfg = TrainConfig.from_settings(settings, **resolved)
     w1, ref = float(settings["w1"]), variant == "reference"
     gen = make_generator(seed, device)

@@ -1,6 +1,12 @@
 """LWS (learnable weight scaling, Kang et al.): the stage-one head frozen, one learned scale per
 class on its logits, z_j = s_j * joint_j, with s initialized to 1; class-balanced sampling,
-5 epochs. Works on the cached logits (the head's exact output), so it needs no features."""
+5 epochs. Works on the cached logits (the head's exact output), so it needs no features.
+
+As the reference code (facebookresearch/classifier-balancing, models/TauNormClassifier.py), the
+scale multiplies the whole logit w_j f + b_j, W and b stay frozen, and the optimizer's weight
+decay (5e-4 in its configs) applies to the scales. Defaults: its ImageNet-LT config (batch 512,
+lr 0.2 cosine to 0, 5 epochs of int(N / batch) steps; see ``crt`` for the epoch).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +18,14 @@ from ltpipe.classifiers.common import make_loss, score_splits, train_tensors
 from ltpipe.classifiers.trainer import TrainConfig, make_generator, train_head
 
 DEFAULTS = {
-    "epochs": 5,                  # methods.md: 5
-    "batch_size": 128,            # samples per step
-    "lr": 0.1,                    # start learning rate
-    "lr_min": 0.0,                # cosine schedule end
+    "epochs": 5,                  # Kang et al.: 5
+    "epoch_samples": "data",      # one epoch: "data" = N samples (reference) | "class_aware"
+    "batch_size": 512,            # reference ImageNet-LT config: 512
+    "lr": 0.2,                    # reference ImageNet-LT config: 0.2
+    "lr_min": 0.0,                # cosine schedule end (reference: 0)
     "schedule": "cosine",         # "cosine" | "constant"
     "momentum": 0.9,              # SGD momentum
-    "weight_decay": 0.0,          # decay would pull the scales towards 0, so none by default
+    "weight_decay": 5e-4,         # reference: 5e-4, applied to the scales too
     "sampler": "class_balanced",  # instance | class_balanced | sqrt | inverse
 }
 NEEDS = {"logits"}

@@ -27,6 +27,17 @@ Augment = Callable[[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Gener
 LossFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
+EPOCH_SAMPLES = ("data", "class_aware")
+
+
+def samples_per_epoch(labels: torch.Tensor, kind: str) -> int:
+    """Samples in one epoch: N ("data") or n_max x C over the classes present ("class_aware")."""
+    if kind == "data":
+        return len(labels)
+    counts = torch.bincount(labels)
+    return int(counts.max()) * int((counts > 0).sum())
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimization settings; method ``DEFAULTS`` use the same key names.
@@ -39,6 +50,10 @@ class TrainConfig:
     momentum, weight_decay: SGD settings (weight decay applies to every trained parameter).
     sampler: "instance" | "class_balanced" | "sqrt" | "inverse", or None when ``augment``
       builds the whole batch itself (it then receives batch_idx=None).
+    epoch_samples: what one epoch is. "data": N, the training set's size (a pass over the data;
+      also torch's WeightedRandomSampler(weights, N), as FFN's reference resamples);
+      "class_aware": n_max x C, the epoch of Kang et al.'s ClassAwareSampler (every class drawn
+      as often as the largest class has samples), used by cRT, LWS and H2T's references.
     """
 
     epochs: int = 10
@@ -50,6 +65,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     sampler: str | None = "class_balanced"
+    epoch_samples: str = "data"
 
     @classmethod
     def from_settings(cls, settings: dict, **overrides) -> TrainConfig:
@@ -71,6 +87,9 @@ class TrainConfig:
                               "null")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise LtpipeError(f"batch_size={self.batch_size!r}: expected an integer >= 1")
+        if self.epoch_samples not in EPOCH_SAMPLES:
+            raise LtpipeError(f"epoch_samples={self.epoch_samples!r}: expected one of "
+                              f"{list(EPOCH_SAMPLES)}")
         if self.schedule not in ("cosine", "constant"):
             raise LtpipeError(f"schedule={self.schedule!r}: expected 'cosine' or 'constant'")
         for key in ("lr", "lr_min", "momentum", "weight_decay"):
@@ -146,7 +165,8 @@ def train_head(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss
                augment: Augment | None = None) -> list[float]:
     """Train the parameters of ``model`` that require grad; return the mean loss per epoch.
 
-    ``x`` [N, ...] and ``y`` int64 [N] are the whole training set on the device. Each step draws
+    ``x`` [N, ...] and ``y`` int64 [N] are the whole training set on the device. An epoch is
+    ceil(samples / batch_size) steps, samples from ``config.epoch_samples``. Each step draws
     ``batch_size`` indices with ``config.sampler`` (instance: a fresh permutation per epoch,
     batches always full), builds the batch with ``augment`` (default: ``x[idx], y[idx]``),
     and takes one SGD step on ``loss_fn(model(xb), yb, epoch)``.
@@ -159,7 +179,7 @@ def train_head(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss
     augment = augment or _default_batch
     sampler = LabelSampler(y, config.sampler) if config.sampler is not None else None
     bs = config.batch_size
-    steps_per_epoch = max(1, math.ceil(len(y) / bs))
+    steps_per_epoch = max(1, math.ceil(samples_per_epoch(y, config.epoch_samples) / bs))
     total = config.iterations or config.epochs * steps_per_epoch
     opt = MomentumSGD(params, config.momentum, config.weight_decay)
     model.train()
