@@ -10,7 +10,7 @@ import pytest
 
 from ltpipe.evaluate import accuracy_report
 from ltpipe.report.summary import aggregate, write_summary
-from ltpipe.utils import write_json
+from ltpipe.utils import read_json, write_json
 
 
 def _onehot(pred, c):
@@ -87,6 +87,17 @@ def test_sweep_point_chosen_on_validation_only(tmp_path):
         "tau=0.0": "no", "tau=1.0": "yes", "tau=2.0": "no"}
     md = (tmp_path / "s.md").read_text()
     assert "| imagenet_lt | native | 0 | r50 | tau | tau=1.0 | 48.00 | 47.00 |" in md
+    # the methods table takes each run's chosen point: here one run, tau=1.0
+    assert "| imagenet_lt | native | r50 | tau | tau=1.0 | 1 | 47.00 |" in md
+    # over seeds: seed 1 chooses tau=2.0 (test 51); the row is the mean of 47 and 51
+    paths += [job("f", "tau=0.0", 40.0, 41.0), job("g", "tau=2.0", 49.0, 51.0)]
+    for p, seed in zip(paths[3:], (1, 1)):
+        m = read_json(p)
+        m["seed"] = seed
+        write_json(p, m)
+    write_summary(paths, tmp_path / "u.csv", tmp_path / "u.md")
+    assert "| imagenet_lt | native | r50 | tau | tau=1.0, tau=2.0 | 2 | 49.00 ± 2.83 |" in (
+        tmp_path / "u.md").read_text()
     # without validation scores nothing is chosen, and the table says so
     paths = [job("d", "tau=0.0", None, 41.0), job("e", "tau=1.0", None, 47.0)]
     rows = write_summary(paths, tmp_path / "t.csv", tmp_path / "t.md")

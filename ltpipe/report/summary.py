@@ -132,6 +132,50 @@ def chosen_section(rows: list[dict]) -> str:
             "validation accuracy and its test accuracy.\n\n" + "\n".join(lines) + "\n")
 
 
+def method_rows(rows: list[dict]) -> list[dict]:
+    """One row per method run: a sweep's point chosen on validation, or the single point.
+
+    Empty unless some sweep has validation scores: without them no point can be chosen.
+    """
+    if not any(r["chosen_on_val"] for r in rows):
+        return []
+    runs: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        runs[tuple(r[k] for k in SWEEP_KEYS)].append(r)
+    out = []
+    for members in runs.values():
+        picked = [m for m in members if m["chosen_on_val"] == "yes"] if len(members) > 1 \
+            else members
+        out.extend(picked)
+    return out
+
+
+def method_section(rows: list[dict]) -> str:
+    """Markdown: each method's row with its sweep chosen on validation, mean ± std over seeds."""
+    picked = method_rows(rows)
+    if not picked:
+        return ""
+    keys = ("dataset", "imbalance_factor", "backbone", "classifier", "method")
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in picked:
+        groups[tuple(r[k] for k in keys)].append(r)
+    head = ["dataset", "IF", "backbone", "classifier", "chosen points", "runs", *METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, members in groups.items():
+        points = defaultdict(int)
+        for m in members:
+            points[m["point"]] += 1
+        chosen = ", ".join(f"{p} x{n}" if n > 1 else p for p, n in sorted(points.items()))
+        stats = [_fmt(_mean_std([float(m[k]) for m in members if m[k] is not None])
+                      if any(m[k] is not None for m in members) else (None, None))
+                 for k in METRICS]
+        cells = [key[0], str(key[1]), key[2], key[3], chosen, str(len(members)), *stats]
+        lines.append("| " + " | ".join(cells) + " |")
+    return ("\n## Methods, sweeps chosen on validation\n\nOne row per method: in each run "
+            "(split and training seed) the sweep point with the best validation accuracy, then "
+            "the test accuracy's mean ± sample std over the runs.\n\n" + "\n".join(lines) + "\n")
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / len(values)
     if len(values) < 2:
@@ -190,7 +234,8 @@ def write_summary(metric_paths: list[str], csv_path: str, md_path: str) -> list[
     text = ("# ltpipe results\n\nTop-1 accuracy (%) on the balanced test set; mean ± sample std "
             "over split and training seeds where there are several. No hyper-parameter was "
             "selected on the test set: every sweep point is its own row.\n\n"
-            + markdown_table(rows) + chosen_section(rows) + inert_section(inert))
+            + method_section(rows) + markdown_table(rows) + chosen_section(rows)
+            + inert_section(inert))
     with atomic_path(md_path) as tmp:
         Path(tmp).write_text(text)
     return rows
