@@ -381,13 +381,19 @@ def check_workflow(workflow) -> None:
     Runs only on the login node's Snakemake with the slurm executor. ``LTPIPE_SLURM_CHECK=off``
     skips it; ``=only`` prints the table and stops before any submission (``ltpipe slurm-check``).
     """
-    mode = os.environ.get(CHECK_ENV, "on").lower()
-    plugin = workflow.executor_plugin
-    executor = getattr(plugin, "name", None)
+    if not workflow.is_main_process:  # a job's own Snakemake on its node: checked already
+        return
+    mode = os.environ.get(CHECK_ENV, "").lower() or "on"
+    executor = getattr(workflow.executor_plugin, "name", None)
     if mode == "only" and executor != "slurm":
         raise SystemExit(f"ltpipe slurm-check: the executor is {executor!r}, not slurm: add "
                          "`executor: slurm` to the profile (or pass --executor slurm)")
-    if executor != "slurm" or mode == "off":
+    if executor != "slurm":
+        return
+    if mode not in ("on", "off", "only"):
+        raise SystemExit(f"ltpipe: {CHECK_ENV}={os.environ[CHECK_ENV]!r}: expected off (skip the "
+                         "cluster-fit check) or unset")
+    if mode == "off":
         return
     profile = profile_hint(sys.argv)
     auto = bool(getattr(workflow.executor_settings, "partition_config", None)

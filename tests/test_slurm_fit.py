@@ -155,9 +155,15 @@ def test_table_lists_each_request_once_with_its_partitions_largest_node():
     assert "2 CPUs, 16000 MB, 1 GPU, 720 min" in lines[2]
 
 
+class FakeJob(SimpleNamespace):
+    """What request_of reads of a Snakemake job; hashable like one."""
+
+    __hash__ = object.__hash__
+
+
 def _job(rule, threads, **res):
-    return SimpleNamespace(resources=res, threads=threads, is_group=lambda: False,
-                           rule=SimpleNamespace(name=rule))
+    return FakeJob(resources=res, threads=threads, is_group=lambda: False,
+                   rule=SimpleNamespace(name=rule))
 
 
 def test_request_of_follows_the_plugins_cpu_memory_and_gpu_rules():
@@ -194,3 +200,38 @@ def test_profile_gpu_switch(monkeypatch, env, gpus):
         parsed = ProfileConfigFileParser().parse(fh)
     assert {f"train:gpu={gpus}", f"dump:gpu={gpus}"} <= set(parsed["set-resources"])
     assert "__use_yte__" not in parsed and parsed["executor"] == "slurm"
+
+
+def _workflow(executor: str, jobs: list) -> SimpleNamespace:
+    dag = SimpleNamespace(needrun_jobs=lambda: jobs, _group={})
+    return SimpleNamespace(is_main_process=True, dag=dag, executor_settings=None,
+                           executor_plugin=SimpleNamespace(name=executor))
+
+
+def test_the_onstart_hook_on_recorded_sinfo(monkeypatch, capsys):
+    """check_workflow with sinfo's answer recorded: only the slurm executor is checked, local
+    jobs are left out, a misfit stops the run naming it, LTPIPE_SLURM_CHECK=off skips."""
+    import ltpipe.slurm_fit as fit
+
+    monkeypatch.setattr(fit, "run_sinfo", lambda env=None: SINFO)
+    monkeypatch.setattr(fit.sys, "argv", ["snakemake", "--workflow-profile", "prof"])
+    monkeypatch.delenv(fit.CHECK_ENV, raising=False)
+    train = _job("train", 2, gpu=1, mem_mb=4000)
+    summary = _job("summary", 64)
+    train.is_local, summary.is_local = False, True
+    assert fit.check_workflow(_workflow("local", [train])) is None
+    with pytest.raises(SystemExit) as exc:
+        fit.check_workflow(_workflow("slurm", [train, summary]))
+    text = str(exc.value.code)
+    assert text.startswith(fit.REFUSED) and "rule train asks 1 GPU; partition debug" in text
+    assert "set-resources: train: gpu: 0 in prof/config.yaml" in text and "summary" not in text
+    monkeypatch.setenv(fit.CHECK_ENV, "off")
+    assert fit.check_workflow(_workflow("slurm", [train])) is None
+    monkeypatch.setenv(fit.CHECK_ENV, "maybe")
+    with pytest.raises(SystemExit, match="LTPIPE_SLURM_CHECK='maybe': expected off"):
+        fit.check_workflow(_workflow("slurm", [train]))
+    monkeypatch.delenv(fit.CHECK_ENV)
+    split = _job("split", 1, mem_mb=4000)
+    split.is_local = False
+    assert fit.check_workflow(_workflow("slurm", [split, summary])) is None
+    assert "ltpipe: all 1 Slurm submissions fit" in capsys.readouterr().err
