@@ -307,8 +307,9 @@ def problems_in(req: Request, part: Partition, parts: dict[str, Partition],
                         f"{', '.join(part.gpu_models()) or 'GPUs of no named model'}: set "
                         f"set-resources: {req.rule}: gpu_model in {profile}")
         else:
-            node.append(f"{head} {req.gpus} GPUs; the largest node in {where} has {gpus}: set "
-                        f"set-resources: {req.rule}: gpu: {gpus} in {profile}")
+            node.append(f"{head} {req.gpus} GPUs; the largest node in {where} has "
+                        f"{_plural(gpus, 'GPU')}: set set-resources: {req.rule}: gpu: {gpus} in "
+                        f"{profile}")
     if not node:
         node.append(f"{head} {req.asks()}; no single node in {where} offers all of it at once "
                     f"({_node_list(part)}): lower one of these requests in {profile}")

@@ -224,7 +224,8 @@ def test_summary_equals_a_local_run(slurm_run, local_run):
 
 def test_a_run_no_node_can_take_is_refused_before_any_sbatch(slurm_cluster, tmp_path):  # noqa: F811
     """More cores than the node has: the run stops before its first sbatch, naming the setting;
-    `ltpipe slurm-check` says the same, and passes the same profile with the node's cores."""
+    `ltpipe slurm-check` says the same (and, with LTPIPE_SLURM_GPUS=2, that the node has one
+    GPU), and passes the profile with the node's cores and the CPU-only switch."""
     too_many, fits = slurm_cluster.cpus + 1, slurm_cluster.cpus
     config = shrink_config(tmp_path)
     env = job_env(slurm_cluster.env, tmp_path / "bin")
@@ -240,20 +241,24 @@ def test_a_run_no_node_can_take_is_refused_before_any_sbatch(slurm_cluster, tmp_
     assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
     assert "could never start; nothing was submitted" in run.stderr and want in run.stderr
 
-    def check(cores: int) -> subprocess.CompletedProcess:
+    def check(cores: int, gpus: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "ltpipe", "slurm-check", "--profile",
                                str(PROFILE), "--", "--cores", str(cores), *args], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=300)
+                              env=dict(env, LTPIPE_SLURM_GPUS=gpus), capture_output=True,
+                              text=True, timeout=300)
 
-    refused, passed = check(too_many), check(fits)
+    refused, passed = check(too_many, gpus="2"), check(fits, gpus="0")
     assert refused.returncode == 1 and want in refused.stderr, refused.stderr[-3000:]
+    assert f"rule train asks 2 GPUs; the largest node in partition {slurm_cluster.partition} " \
+           f"has 1 GPU: set set-resources: train: gpu: 1 in {PROFILE}/config.yaml" \
+           in refused.stderr
     assert re.search(r"^rule classify \(group stage2.*REFUSED$", refused.stdout, re.M)
     assert passed.returncode == 0, passed.stdout[-3000:] + passed.stderr[-3000:]
     rows = {line.split()[1] for line in passed.stdout.splitlines()[1:]}
     assert {"split", "train", "dump", "classify"} <= rows and "REFUSED" not in passed.stdout
-    assert re.search(rf"^rule train +{fits} CPUs, 16000 MB, 1 GPU, 720 min +"
+    assert re.search(rf"^rule train +{min(2, fits)} CPUs, 16000 MB, 720 min +"
                      rf"{slurm_cluster.partition}: {fits} CPUs", passed.stdout, re.M), passed.stdout
-    # nothing reached Slurm, and no job is queued
+    # nothing reached Slurm (no submission in slurmctld's log), and no output was made
     assert slurm_cluster.log("slurmctld").count("_slurm_rpc_submit_batch_job") == submitted
     assert not (tmp_path / "results").exists()
 

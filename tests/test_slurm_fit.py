@@ -117,7 +117,7 @@ def test_requests_on_a_named_partition():
     assert problems([on("gpu", cpus=2, mem_mb=16000, gpus=1, runtime_min=720)], parts) == []
     assert problems([on("gpu", cpus=2, gpus=4, gpu_model="a100")], parts) == []
     (msg,) = problems([on("gpu", cpus=2, gpus=8)], parts, profile="P")
-    assert msg.endswith("asks 8 GPUs; the largest node in partition gpu has 4: set "
+    assert msg.endswith("asks 8 GPUs; the largest node in partition gpu has 4 GPUs: set "
                         "set-resources: train: gpu: 4 in P")
     (msg,) = problems([on("gpu", cpus=2, gpus=1, gpu_model="h100")], parts, profile="P")
     assert "asks GPU model h100; partition gpu has a100, v100: set set-resources: train: " \
