@@ -204,6 +204,18 @@ def memory_table(rows: int, workdir: Path) -> list[dict]:
     return results
 
 
+def _make_dir(parser: argparse.ArgumentParser, path: Path) -> None:
+    """Create --dir (and its parents) if missing; refuse in one line what cannot be one."""
+    if path.exists() and not path.is_dir():
+        parser.error(f"--dir {path}: exists and is not a directory; name a directory (it is "
+                     "created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        parser.error(f"--dir {path}: cannot create it ({err.strerror}); name a directory you "
+                     "can write to")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=10847, help="samples (CIFAR-100-LT: 10847)")
@@ -213,7 +225,9 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"formats to time (numpy always): {[f[0] for f in FORMATS]}")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory table")
     parser.add_argument("--json", default=None, metavar="OUT", help="also write results as JSON")
-    parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
+    parser.add_argument("--dir", default=None,
+                        help="where the work directory goes, created if missing (default: the "
+                             "system's temporary directory)")
     parser.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._child:
@@ -224,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(args.formats or []) - {f[0] for f in FORMATS})
     if unknown:
         parser.error(f"unknown formats {unknown}; choose from {[f[0] for f in FORMATS]}")
+    if args.dir is not None:
+        _make_dir(parser, Path(args.dir))
     workdir = Path(tempfile.mkdtemp(prefix="cache_io_", dir=args.dir))
     try:
         out = {"rows": args.rows, "repeat": args.repeat, "checksum": default_checksum(),

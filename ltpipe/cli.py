@@ -145,6 +145,16 @@ def cmd_check_config(args: argparse.Namespace) -> None:
         print(f"OK {path}")
 
 
+def cmd_slurm_check(args: argparse.Namespace) -> int:
+    from ltpipe.slurm_fit import slurm_check
+
+    extra = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
+    try:
+        return slurm_check(args.profile, args.snakefile, extra)
+    except ValueError as err:
+        raise LtpipeError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltpipe", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -221,6 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check-config", help="validate config files (schema and domain checks)")
     k.add_argument("configs", nargs="+")
     k.set_defaults(func=cmd_check_config)
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sc = sub.add_parser(
+        "slurm-check", help="compare every Slurm job's request with the nodes sinfo lists",
+        description="Run from the login node, in the directory of your config.yaml: prints, per "
+                    "rule (and group), what its Slurm job asks (CPUs, memory, GPUs, wall time) "
+                    "and the largest node of its partition; exits 1, naming the setting to "
+                    "change, when some job could never start. Submits nothing.")
+    sc.add_argument("--profile", default=os.path.join(root, "workflow", "profiles", "slurm"),
+                    help="the Snakemake profile directory (default: %(default)s)")
+    sc.add_argument("--snakefile", default=os.path.join(root, "Snakefile"),
+                    help="default: %(default)s")
+    sc.add_argument("snakemake_args", nargs=argparse.REMAINDER,
+                    help="after --: more Snakemake options, e.g. -- --configfile c.yaml --cores 4")
+    sc.set_defaults(func=cmd_slurm_check)
     return p
 
 

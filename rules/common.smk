@@ -6,6 +6,7 @@ sys.path.insert(0, workflow.basedir)  # use this checkout's ltpipe package
 
 from snakemake.utils import validate
 
+from ltpipe.slurm_fit import check_workflow as check_slurm_fit
 from ltpipe.train.recipe import RUNTIME_ENV
 
 from ltpipe.config import (
@@ -38,6 +39,15 @@ if workflow.is_main_process:
 # train jobs through the environment, not params: changing them does not retrain a backbone.
 # Jobs inherit it locally; on a cluster the job's own Snakemake sets it again from this line.
 os.environ[RUNTIME_ENV] = runtime_settings(config)
+
+
+
+onstart:
+    # On Slurm (executor slurm), once on the login node before the first sbatch: refuse a run
+    # whose jobs no node of their partition can ever take (CPUs, memory, GPUs, wall time from
+    # `sinfo`), naming the rule and the setting to change. LTPIPE_SLURM_CHECK=off skips it.
+    check_slurm_fit(workflow)
+
 
 R = config["results"]
 SPLIT_DIR = f"{R}/{{dataset}}/if{{imb}}/s{{split_seed}}"

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+import yte
 from slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +55,12 @@ def shrink_config(dst: Path) -> Path:
     path = dst / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def load_profile() -> dict:
+    """The profile as Snakemake reads it (YTE-rendered: GPUS from LTPIPE_SLURM_GPUS, 1 unset)."""
+    with open(PROFILE / "config.yaml") as fh:
+        return yte.process_yaml(fh, require_use_yte=True)
 
 
 def job_env(base: dict[str, str], bin_dir: Path) -> dict[str, str]:
@@ -161,7 +168,7 @@ def test_every_job_went_through_sbatch_with_the_profiles_requests(slurm_run, slu
     remote = Counter(re.findall(r"^rule (\w+):", log, re.M))
     assert {"split", "train", "dump"} <= set(remote) and "classify" not in remote, remote
     assert Counter(n[len("rule_"):] for n, _, _ in subs if n.startswith("rule_")) == remote
-    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    profile = load_profile()
     ctld = slurm_cluster.log("slurmctld")
     for name, jobid, slurm_log in subs:
         info = scontrol_job(slurm_cluster, jobid)
@@ -176,6 +183,8 @@ def test_every_job_went_through_sbatch_with_the_profiles_requests(slurm_run, slu
             assert f"mem={want['mem_mb']}M" in info["TRES"]
             assert info["NumCPUs"] == str(CORES)
     assert (work / "results" / "summary.csv").exists()
+    # the cluster-fit check ran on the login node before the first sbatch, and let it pass
+    assert re.search(r"ltpipe: all \d+ Slurm submissions fit a node of their partition", log)
     # the speed-only recipe key reached the train job on its node (through the environment
     # that the job's own Snakemake sets, not through params)
     train_logs = list((work / "results" / "logs" / "train").glob("*.log"))
@@ -187,7 +196,7 @@ def test_every_job_went_through_sbatch_with_the_profiles_requests(slurm_run, slu
 def test_classify_jobs_go_out_in_few_group_submissions(slurm_run):
     work, log, _ = slurm_run
     n_jobs = planned_classify_jobs(work)
-    per_group = yaml.safe_load((PROFILE / "config.yaml").read_text())["group-components"]["stage2"]
+    per_group = load_profile()["group-components"]["stage2"]
     groups = [(jobid, path) for name, jobid, path in submissions(log) if name.startswith("group_")]
     assert n_jobs > per_group // 2, f"too few classify jobs ({n_jobs}) to show the grouping"
     assert 1 <= len(groups) <= math.ceil(n_jobs / per_group), groups
@@ -212,6 +221,46 @@ def test_summary_equals_a_local_run(slurm_run, local_run):
     assert slurm_rows == local_rows
 
 
+
+def test_a_run_no_node_can_take_is_refused_before_any_sbatch(slurm_cluster, tmp_path):  # noqa: F811
+    """More cores than the node has: the run stops before its first sbatch, naming the setting;
+    `ltpipe slurm-check` says the same (and, with LTPIPE_SLURM_GPUS=2, that the node has one
+    GPU), and passes the profile with the node's cores and the CPU-only switch."""
+    too_many, fits = slurm_cluster.cpus + 1, slurm_cluster.cpus
+    config = shrink_config(tmp_path)
+    env = job_env(slurm_cluster.env, tmp_path / "bin")
+    submitted = slurm_cluster.log("slurmctld").count("_slurm_rpc_submit_batch_job")
+    args = ["--configfile", str(config), "--slurm-status-command", "squeue"]
+    want = (f"rule classify (group stage2, {planned_classify_jobs(tmp_path)} jobs per sbatch) "
+            f"asks {too_many} CPUs; the largest node in partition {slurm_cluster.partition} has "
+            f"{fits} CPUs: set cores: {fits} in {PROFILE}/config.yaml (or pass --cores {fits}")
+
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
+                          "--workflow-profile", str(PROFILE), "--cores", str(too_many), *args],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "could never start; nothing was submitted" in run.stderr and want in run.stderr
+
+    def check(cores: int, gpus: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ltpipe", "slurm-check", "--profile",
+                               str(PROFILE), "--", "--cores", str(cores), *args], cwd=tmp_path,
+                              env=dict(env, LTPIPE_SLURM_GPUS=gpus), capture_output=True,
+                              text=True, timeout=300)
+
+    refused, passed = check(too_many, gpus="2"), check(fits, gpus="0")
+    assert refused.returncode == 1 and want in refused.stderr, refused.stderr[-3000:]
+    assert f"rule train asks 2 GPUs; the largest node in partition {slurm_cluster.partition} " \
+           f"has 1 GPU: set set-resources: train: gpu: 1 in {PROFILE}/config.yaml" \
+           in refused.stderr
+    assert re.search(r"^rule classify \(group stage2.*REFUSED$", refused.stdout, re.M)
+    assert passed.returncode == 0, passed.stdout[-3000:] + passed.stderr[-3000:]
+    rows = {line.split()[1] for line in passed.stdout.splitlines()[1:]}
+    assert {"split", "train", "dump", "classify"} <= rows and "REFUSED" not in passed.stdout
+    assert re.search(rf"^rule train +{min(2, fits)} CPUs, 16000 MB, 720 min +"
+                     rf"{slurm_cluster.partition}: {fits} CPUs", passed.stdout, re.M), passed.stdout
+    # nothing reached Slurm (no submission in slurmctld's log), and no output was made
+    assert slurm_cluster.log("slurmctld").count("_slurm_rpc_submit_batch_job") == submitted
+    assert not (tmp_path / "results").exists()
 
 
 TOY_TRAINER = """
@@ -263,7 +312,7 @@ def test_signal_before_the_time_limit_checkpoints_and_resumes(slurm_cluster, tmp
     The rule's own `retries` also applies to the Snakemake that runs inside the Slurm job, which
     got no signal (it runs in the batch step): it restarts the command in the same allocation.
     """
-    train = yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"]["train"]
+    train = load_profile()["set-resources"]["train"]
     assert "--signal=TERM@" in train["slurm_extra"]
     # A command-line --set-resources replaces the profile's table: restate train's, 2 minutes.
     res = [f"train:{k}={v}" for k, v in train.items() if k != "runtime"] + ["train:runtime=2"]

@@ -1,0 +1,32 @@
+"""The benchmark scripts' command lines (not their figures): small, quick runs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cache_io_creates_a_missing_dir_and_refuses_a_file(tmp_path, capsys):
+    cache_io = _load("cache_io")
+    target = tmp_path / "not" / "yet"
+    cache_io.main(["--rows", "64", "--repeat", "1", "--formats", "zarr", "--no-memory",
+                   "--dir", str(target), "--json", str(tmp_path / "out.json")])
+    assert target.is_dir() and list(target.iterdir()) == []  # its work directory was removed
+    assert (tmp_path / "out.json").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exc:
+        cache_io.main(["--dir", str(tmp_path / "file")])
+    assert exc.value.code == 2
+    assert "--dir " + str(tmp_path / "file") + ": exists and is not a directory" \
+        in capsys.readouterr().err
