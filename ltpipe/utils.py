@@ -171,18 +171,3 @@ def seed_everything(seed: int) -> None:
     except ImportError:  # pragma: no cover
         return
     torch.manual_seed(seed)
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of ltpipe and the libraries that shape its artifacts."""
-    from importlib import metadata
-
-    from ltpipe import __version__
-
-    out = {"ltpipe": __version__}
-    for name in ("torch", "torchvision", "numpy", "zarr", "h5py", "snakemake"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out

@@ -41,13 +41,20 @@ if workflow.is_main_process:
 os.environ[RUNTIME_ENV] = runtime_settings(config)
 
 
-
 onstart:
     # On Slurm (executor slurm), once on the login node before the first sbatch: refuse a run
     # whose jobs no node of their partition can ever take (CPUs, memory, GPUs, wall time from
     # `sinfo`), naming the rule and the setting to change. LTPIPE_SLURM_CHECK=off skips it.
     check_slurm_fit(workflow)
 
+
+# Every rule runs `python -m ltpipe ...`: the Python that runs this Snakemake comes first on the
+# jobs' PATH, so they use it and its packages (.venv/bin/python -m snakemake needs no activated
+# venv). A conda/container job still puts its own environment first.
+# (update(): --lint takes an item assignment to os.environ for a read of an undeclared variable)
+_PYTHON_BIN = os.path.dirname(sys.executable)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != _PYTHON_BIN:
+    os.environ.update(PATH=os.pathsep.join(filter(None, [_PYTHON_BIN, os.environ.get("PATH")])))
 
 R = config["results"]
 SPLIT_DIR = f"{R}/{{dataset}}/if{{imb}}/s{{split_seed}}"

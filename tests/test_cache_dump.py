@@ -114,3 +114,57 @@ def test_classifier_job_checks_split_and_backbone(trained, tmp_path):
                            method="joint", settings={}, seed=0, out_dir=str(tmp_path / "j3"),
                            model_paths=[str(fake)])
     assert not (tmp_path / "j2" / "metrics.json").exists()
+
+
+def test_artifacts_record_provenance(trained, tmp_path):
+    """model.pt, the cache manifest and a real classify job's metrics.json name the code, the
+    library versions and the digests of what they read; the digests are the files' own."""
+    import hashlib
+    import subprocess
+    from pathlib import Path
+
+    import ltpipe
+    from ltpipe.provenance import code_version
+    from ltpipe.report.summary import rows_from_metrics
+
+    code = code_version()
+    pkg = Path(ltpipe.__file__).resolve().parent
+    head = subprocess.run(["git", "-C", str(pkg), "rev-parse", "HEAD"], capture_output=True,
+                          text=True)
+    if head.returncode == 0:  # a git checkout: the commit it is at
+        assert code["git_commit"] == head.stdout.strip()
+    split = read_split(trained / "split.npz")
+    model_sha = hashlib.sha256((trained / "model.pt").read_bytes()).hexdigest()
+    _, meta = load_checkpoint(trained / "model.pt")
+    assert meta["code"] == code and meta["split_fingerprint"] == split.fingerprint
+    assert meta["versions"]["torch"] == torch.__version__.split("+")[0]
+    assert "init_weights" in meta
+
+    cache = tmp_path / "cache.zarr"
+    manifest = dump_cache(trained / "split.npz", trained / "model.pt", cache,
+                          {"backend": "zarr", "compression": "none", "fmap_dtype": "float16",
+                           "batch_size": 128, "augmented_views": 0}, log=lambda *_: None)
+    assert manifest["code"] == code and manifest["backbone_sha256"] == model_sha
+    run_classifier_job(split_path=str(trained / "split.npz"), cache_paths=[str(cache)],
+                       method="joint", settings={}, seed=0, out_dir=str(tmp_path / "job"),
+                       model_paths=[str(trained / "model.pt")])
+    metrics_path = tmp_path / "job" / "metrics.json"
+    prov = json.loads(metrics_path.read_text())["provenance"]
+    assert prov["code"] == code
+    assert prov["versions"]["torch"] == torch.__version__.split("+")[0]
+    assert prov["split"] == {"path": str(trained / "split.npz"), "fingerprint": split.fingerprint}
+    assert prov["models"] == [{"path": str(trained / "model.pt"), "sha256": model_sha}]
+    on_disk = json.loads((cache / "manifest.json").read_text())
+    canonical = json.dumps(on_disk, sort_keys=True, separators=(",", ":")).encode()
+    assert prov["caches"] == [{"path": str(cache),
+                               "digest": hashlib.sha256(canonical).hexdigest(),
+                               "backbone_sha256": model_sha, "code": code}]
+    # another cache (other dump settings) has another digest
+    other = tmp_path / "other.zarr"
+    dump_cache(trained / "split.npz", trained / "model.pt", other,
+               {"backend": "zarr", "compression": "none", "fmap_dtype": "float32",
+                "batch_size": 128, "augmented_views": 0}, log=lambda *_: None)
+    with open_cache(other) as r:
+        assert r.digest != prov["caches"][0]["digest"]
+    (row,) = rows_from_metrics([metrics_path])
+    assert row["code"].startswith(f"{ltpipe.__version__}+")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ltpipe.utils import library_versions, sha256_file
+from ltpipe.provenance import code_version, library_versions
+from ltpipe.utils import sha256_file
 
 
 def class_activation_maps(fmap, weight, labels):
@@ -66,6 +67,7 @@ def dump_cache(split_path: str | Path, model_path: str | Path, out_path: str | P
         "logit_scale": scale,
         "num_classes": int(split.num_classes),
         "dump_settings": dict(settings),
+        "code": code_version(),
         "versions": library_versions(),
         "parts": parts,
     }

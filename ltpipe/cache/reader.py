@@ -23,6 +23,7 @@ from ltpipe.cache.store import (
     backend_module,
     checksum_function,
     detect_backend,
+    manifest_sha256,
     read_manifest,
 )
 from ltpipe.utils import LtpipeError, _json_default
@@ -67,6 +68,11 @@ class CacheReader:
         mod = backend_module(backend)
         self._impl = mod.ZarrReader(path) if backend == "zarr" else mod.Hdf5Reader(path)
         self._arrays: dict[str, dict] = manifest.get("arrays", {})
+
+    @property
+    def digest(self) -> str:
+        """The cache's digest (:func:`ltpipe.cache.store.manifest_sha256` of its manifest)."""
+        return manifest_sha256(self.manifest)
 
     def groups(self) -> list[str]:
         """Sorted group names."""

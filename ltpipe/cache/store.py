@@ -11,6 +11,7 @@ backends (``zarr_backend``, ``hdf5_backend``) are imported only when used.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -100,6 +101,16 @@ def detect_backend(path: str | os.PathLike) -> str | None:
         with open(path, "rb") as fh:
             return "hdf5" if fh.read(8) == b"\x89HDF\r\n\x1a\n" else None
     return None
+
+
+def manifest_sha256(manifest: dict) -> str:
+    """The cache's digest: SHA-256 of its manifest as canonical JSON (sorted keys, no spaces).
+
+    The manifest holds a checksum of every chunk of every array besides the backbone's SHA-256,
+    the split's fingerprint and the dump settings, so equal digests mean equal caches (up to the
+    chunk checksums' strength); the arrays are not read again."""
+    blob = json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def read_manifest(path: Path, kind: str) -> dict | None:

@@ -1,7 +1,10 @@
 """One classifier-stage job: open the cache(s), run a method, evaluate, write results atomically.
 
 Writes ``logits.npz`` (scores per evaluated part) and then ``metrics.json`` (what the summary
-reads; it is the job's completion marker, so it is written last).
+reads; it is the job's completion marker, so it is written last). ``metrics.json``'s
+``provenance`` traces its numbers: the code (:func:`ltpipe.provenance.code_version`), library
+versions, the split's fingerprint, each cache's digest (with the SHA-256 of the backbone file it
+was made from) and the SHA-256 of each model file given.
 """
 
 from __future__ import annotations
@@ -11,19 +14,30 @@ from pathlib import Path
 
 import numpy as np
 
+from ltpipe.provenance import code_version, library_versions
 from ltpipe.utils import LtpipeError, atomic_path, sha256_file, write_json
 
 EVAL_PARTS = ("val", "test")  # scored parts; other keys a method returns (head_weight) are kept
 
 
-def open_checked(cache_path: str | Path, split_fingerprint: str, model_path: str | None = None):
-    """Open a cache and refuse it unless it was made from this split (and this backbone file)."""
+def open_checked(cache_path: str | Path, split_fingerprint: str, model_path: str | None = None,
+                 model_sha256: str | None = None):
+    """Open a cache and refuse it unless it was made from this split (and this backbone file,
+    whose SHA-256 is computed unless ``model_sha256`` gives it)."""
     from ltpipe.cache import open_cache
 
     expect = {"split_fingerprint": split_fingerprint}
     if model_path is not None:
-        expect["backbone_sha256"] = sha256_file(model_path)
+        expect["backbone_sha256"] = model_sha256 or sha256_file(model_path)
     return open_cache(cache_path, expect=expect)
+
+
+def cache_record(path: str | Path, reader) -> dict:
+    """What ``metrics.json`` records of a cache it read: path, digest, and from the manifest the
+    backbone file's SHA-256 and the code that wrote it."""
+    m = reader.manifest
+    return {"path": str(path), "digest": reader.digest, "backbone_sha256": m.get("backbone_sha256"),
+            "code": m.get("code")}
 
 
 def run_classifier_job(*, split_path: str, cache_paths: list[str], method: str, settings: dict,
@@ -48,10 +62,14 @@ def run_classifier_job(*, split_path: str, cache_paths: list[str], method: str, 
     if len(model_paths) != len(cache_paths):
         raise LtpipeError(f"got {len(cache_paths)} caches but {len(model_paths)} model files")
     need = set(method_needs(method))
-    features = []
+    features, caches, models = [], [], []
     for cache_path, model_path in zip(cache_paths, model_paths):
-        with open_checked(cache_path, split.fingerprint, model_path) as reader:
+        model_sha = None if model_path is None else sha256_file(model_path)
+        if model_sha is not None:
+            models.append({"path": str(model_path), "sha256": model_sha})
+        with open_checked(cache_path, split.fingerprint, model_path, model_sha) as reader:
             features.append(features_from_cache(reader, need))
+            caches.append(cache_record(cache_path, reader))
     t_load = time.perf_counter()
     scores = run_method(method, features, settings, seed, device)
     t_fit = time.perf_counter()
@@ -74,6 +92,9 @@ def run_classifier_job(*, split_path: str, cache_paths: list[str], method: str, 
         "settings": settings,
         "seed": seed,
         "split_fingerprint": split.fingerprint,
+        "provenance": {"code": code_version(), "versions": library_versions(),
+                       "split": {"path": str(split_path), "fingerprint": split.fingerprint},
+                       "caches": caches, "models": models},
         "class_counts": [int(c) for c in split.class_counts],
         "shot_groups": [int(g) for g in split.shot_groups],
         "metrics": metrics,

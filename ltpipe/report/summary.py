@@ -1,8 +1,10 @@
 """Aggregate every classifier-stage job's ``metrics.json`` into ``summary.csv`` and ``summary.md``.
 
 ``summary.csv`` has one row per job (data set, imbalance factor, split seed, training seed,
-backbone(s), classifier entry, method, sweep point and settings, accuracies). ``summary.md`` groups
-jobs that differ only in their seeds and reports mean and standard deviation over the seeds.
+backbone(s), classifier entry, method, sweep point and settings, accuracies, and the code that
+computed them: :func:`ltpipe.provenance.code_label`; the job's ``metrics.json`` holds the full
+provenance). ``summary.md`` groups jobs that differ only in their seeds and reports mean and
+standard deviation over the seeds.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ltpipe.provenance import code_label
 from ltpipe.utils import atomic_path, read_json
 
 COLUMNS = ["dataset", "imbalance_factor", "split_seed", "seed", "backbone", "classifier",
            "method", "point", "params", "all", "many", "medium", "few", "val_all",
-           "chosen_on_val"]
+           "chosen_on_val", "code"]
 METRICS = ("all", "many", "medium", "few")
 GROUP_KEYS = ("dataset", "imbalance_factor", "backbone", "classifier", "method", "point")
 
@@ -46,6 +49,7 @@ def rows_from_metrics(paths: list[str | Path]) -> list[dict]:
         row["val_all"] = m["metrics"].get("val", {}).get("all")
         row["chosen_on_val"] = ""
         row["_predictions"] = prediction_digest(Path(path).with_name("logits.npz"))
+        row["code"] = code_label(m.get("provenance", {}).get("code"))
         rows.append(row)
     rows.sort(key=lambda r: tuple(str(r[k]) for k in COLUMNS[:9]))
     mark_chosen_on_val(rows)

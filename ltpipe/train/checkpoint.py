@@ -140,7 +140,8 @@ def load_checkpoint(path: str | Path, device: Any = "cpu") -> tuple[Any, dict[st
     """Final stage-one weights -> (model in eval mode on ``device``, meta dict).
 
     meta holds every entry of the file except ``model_state`` (model_spec, recipe,
-    logit_scale, split_fingerprint, epochs, seed, metrics, normalization, ltpipe_version).
+    logit_scale, split_fingerprint, epochs, seed, metrics, normalization, init_weights, and the
+    code and library versions that trained it: ``code``, ``versions``, see ltpipe.provenance).
     """
     from ltpipe.models import model_from_spec
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ltpipe.provenance import code_version, library_versions
 from ltpipe.train.checkpoint import (
     CKPT_KIND,
     FINAL_KIND,
@@ -170,7 +171,6 @@ def train_stage1(split_path: str | Path, recipe: dict, out_path: str | Path, *, 
     is called after every optimizer step (progress hooks, tests).
     Raises ``TrainingInterrupted`` (exit status 75) after checkpointing on SIGTERM / SIGUSR1.
     """
-    from ltpipe import __version__
     from ltpipe.data import read_split
     from ltpipe.train.loop import Stage1Trainer, StopRequested
 
@@ -183,8 +183,8 @@ def train_stage1(split_path: str | Path, recipe: dict, out_path: str | Path, *, 
         trainer = Stage1Trainer(train_data, split.class_counts, int(split.num_classes), cfg, dev,
                                 seed)
         ident = {"recipe": cfg, "seed": seed, "split_fingerprint": split.fingerprint,
-                 "normalization": trainer.normalization, "ltpipe_version": __version__,
-                 "init_weights": trainer.init_weights}
+                 "normalization": trainer.normalization, "code": code_version(),
+                 "versions": library_versions(), "init_weights": trainer.init_weights}
         ckpt = load_resumable(ck_path, cfg, seed, split.fingerprint)
         epoch, step, history = 0, 0, []
         if ckpt is not None:
