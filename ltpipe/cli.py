@@ -31,8 +31,9 @@ def cmd_split(args: argparse.Namespace) -> None:
     split = build_split(args.dataset, args.settings, imb, args.seed)
     write_split(args.out, split)
     counts = list(map(int, split.class_counts))
+    val = "" if split.val_indices is None else f", {split.val_indices.size} val images"
     print(f"split {args.dataset} IF={args.imbalance_factor} seed={args.seed}: "
-          f"{sum(counts)} training images, class counts {counts}")
+          f"{sum(counts)} training images, class counts {counts}{val}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:

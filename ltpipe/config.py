@@ -92,6 +92,8 @@ def _schema_hint(e) -> str:
         return f"{e.instance!r} is not an imbalance factor: give a number >= 1 (or 'native')"
     if e.validator == "required":
         return f"{e.message}: add it"
+    if isinstance(e.schema, dict) and e.schema.get("description"):
+        return f"{e.message}; expected: {e.schema['description']}"
     return e.message
 
 
@@ -199,11 +201,14 @@ def metric_targets(cfg: dict) -> list[str]:
 
 # ------------------------------------------------------------------------ per-job settings (params)
 def split_settings(cfg: dict, dataset: str) -> dict:
-    """The settings a split job depends on (the dataset entry minus the sweep lists)."""
+    """The settings a split job depends on (the dataset entry minus the sweep lists, and as
+    :func:`ltpipe.data.split.data_settings` records it)."""
+    from ltpipe.data.split import data_settings
+
     ds = dict(cfg["datasets"][dataset])
     ds.pop("imbalance_factors", None)
     ds.pop("split_seeds", None)
-    return ds
+    return data_settings(ds)
 
 
 def recipe_settings(cfg: dict, backbone: str) -> dict:
@@ -298,6 +303,8 @@ def _check_cache(c: dict) -> list[str]:
 
 
 def _check_dataset(ds: dict) -> list[str]:
+    from ltpipe.data.sources import val_per_class_problem
+
     out = []
     src = ds["source"]
     imbs = ds.get("imbalance_factors")
@@ -320,6 +327,9 @@ def _check_dataset(ds: dict) -> list[str]:
                    "cifar-100-python/ (torchvision's format)")
     if src != "digits" and "test_per_class" in ds:
         out.append("test_per_class: only the digits source holds out its own test set")
+    problem = val_per_class_problem(src, ds.get("val_per_class", 0))
+    if problem:
+        out.append(problem)
     th = ds.get("shot_thresholds")
     if th and th["few"] > th["many"]:
         out.append(f"shot_thresholds: few ({th['few']}) must not exceed many ({th['many']})")

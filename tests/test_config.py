@@ -69,6 +69,20 @@ def test_per_job_settings_hold_only_their_own(cfg):
         classifier_job(cfg, "tau_norm", "tau=9.0")
 
 
+def test_val_per_class_reaches_the_split_params_unless_zero(cfg):
+    """``val_per_class`` is a split param (changing it rebuilds the split and what it feeds);
+    0, which the schema fills in as the default, leaves the params as they were without it."""
+    before = split_settings(cfg, "digits")
+    assert "val_per_class" not in before
+    cfg["datasets"]["digits"]["val_per_class"] = 0
+    validate_schema(cfg)
+    check_config(cfg)
+    assert split_settings(cfg, "digits") == before
+    cfg["datasets"]["digits"]["val_per_class"] = 5
+    check_config(cfg)
+    assert split_settings(cfg, "digits") == {**before, "val_per_class": 5}
+
+
 def test_splits_list(cfg):
     keys = splits(cfg)
     assert [(k.dataset, k.imb, k.split_seed) for k in keys] == [("digits", "10", 0),
@@ -89,6 +103,9 @@ BAD = [
     (lambda c: c["cache"].update(backend="npz"), "choose one of"),
     (lambda c: c["backbones"]["ce"].update(epochs="ten"), "is not of type 'integer'"),
     (lambda c: c["classifiers"]["crt"].update(backbones=[]), "should be non-empty"),
+    (lambda c: c["datasets"]["digits"].update(val_per_class=-1),
+     r"datasets\.digits\.val_per_class: -1 is less than the minimum of 0; expected: an integer"),
+    (lambda c: c["datasets"]["digits"].update(val_per_class=2.5), "not of type 'integer'"),
 ]
 
 
@@ -116,6 +133,10 @@ DOMAIN = [
      "root: required"),
     (lambda c: c["datasets"].update(inat={"source": "inat2018"}), "lists: required"),
     (lambda c: c["cache"].update(backend="hdf5", compression="zstd"), "not available with"),
+    (lambda c: c["datasets"].update(inlt={"source": "imagenet_lt", "root": "/i", "lists": "/l",
+                                          "val_per_class": 20}),
+     r"datasets\.inlt: val_per_class: 20 is for the profile sources .* imagenet_lt has its own "
+     r"validation split \(ImageNet_LT_val\.txt\): remove val_per_class"),
 ]
 
 

@@ -251,6 +251,10 @@ def test_real_fashion_mnist_files():
     assert split.train_indices.size == sum(_plain_counts(6000, 10, 100))
     assert split.test_indices.size == 10000
     assert read_idx(FASHION_REAL / "train-labels-idx1-ubyte.gz").shape == (60000,)
+    # val_per_class 20: only the head class (6000 images, all used) drops, to 5980
+    val = build_split("fm", {"source": "fashion_mnist", "val_per_class": 20}, 100, 0)
+    assert val.class_counts.tolist() == [5980, *split.class_counts.tolist()[1:]]
+    assert val.train_indices.size == 14886 - 20 and val.val_indices.size == 200
 
 
 # ---------------------------------------------------------------- list files
@@ -393,3 +397,138 @@ def test_read_split_errors(tmp_path):
     edited.fingerprint = ""
     write_split(tmp_path / "e.npz", edited)
     assert read_split(tmp_path / "e.npz").fingerprint not in ("", split.fingerprint)
+
+
+# ---------------------------------------------------------------- val_per_class: a validation split
+def _per_class(indices: np.ndarray, labels: np.ndarray, num_classes: int) -> list[np.ndarray]:
+    """``indices`` grouped by class, each in its given order."""
+    return [indices[labels[indices] == c] for c in range(num_classes)]
+
+
+def _check_val_split(base: Split, split: Split, labels: np.ndarray, pool_sizes: list[int],
+                     v: int, changed: list[int]) -> None:
+    """Known answers of a split with ``val_per_class = v`` against its ``v = 0`` split ``base``.
+
+    ``changed`` (worked out by hand in each test) are the classes whose count drops; the plain
+    formula ``min(n_c, P_c - v)`` gives every count, and every other class's training selection
+    must be ``base``'s, index for index.
+    """
+    c = base.num_classes
+    n = base.class_counts.tolist()
+    assert split.class_counts.tolist() == [min(n[i], pool_sizes[i] - v) for i in range(c)]
+    assert [i for i in range(c) if split.class_counts[i] != n[i]] == changed
+    assert all(0 < n[i] - split.class_counts[i] <= v for i in changed)
+    # balance: exactly v per class; disjoint from train and test; test untouched
+    val, train, test = split.val_indices, split.train_indices, split.test_indices
+    assert np.bincount(labels[val], minlength=c).tolist() == [v] * c
+    assert np.unique(val).size == val.size and np.array_equal(val, np.sort(val))
+    assert not set(val.tolist()) & set(train.tolist())
+    assert np.array_equal(test, base.test_indices)
+    if base.source == "digits":  # test and val come from one pool there
+        assert not set(val.tolist()) & set(test.tolist())
+    # unchanged classes: the v = 0 selection, same order; val drawn from the images it leaves
+    # unused. Changed classes: a prefix of the v = 0 selection (the profile applied after the
+    # reservation).
+    old, new = _per_class(base.train_indices, labels, c), _per_class(train, labels, c)
+    vals = _per_class(val, labels, c)
+    for i in range(c):
+        if i in changed:
+            assert np.array_equal(new[i], old[i][:pool_sizes[i] - v])
+        else:
+            assert np.array_equal(new[i], old[i])
+            assert not set(vals[i].tolist()) & set(old[i].tolist())
+    assert split.shot_groups.tolist() == shot_groups(split.class_counts,
+                                                     **split.thresholds).tolist()
+
+
+@pytest.mark.parametrize("imb,v,changed,total", [
+    (100, 20, [0], 10847 - 20),           # n_1 = 477 <= 480: only the head (500 -> 480)
+    (10, 20, [0, 1], 19573 - 20 - 8),     # n_1 = 488 > 480 too (488 -> 480)
+    (100, 50, [0, 1, 2], 10847 - 50 - 27 - 5),  # 500, 477, 455 -> 450; n_3 = 434
+])
+def test_val_split_cifar100_known_counts(cifar100_root, imb, v, changed, total):
+    root, _, labels = cifar100_root
+    cfg = {"source": "cifar100", "root": str(root)}
+    base = build_split("c100", cfg, imb, 0)
+    split = build_split("c100", {**cfg, "val_per_class": v}, imb, 0)
+    assert split.train_indices.size == total and split.val_indices.size == 100 * v
+    _check_val_split(base, split, labels, [500] * 100, v, changed)
+
+
+def test_val_split_cifar10_and_fashion_head_only(cifar10_root, tmp_path):
+    root, _, labels = cifar10_root
+    cfg = {"source": "cifar10", "root": str(root)}
+    base = build_split("c10", cfg, 100, 3)
+    split = build_split("c10", {**cfg, "val_per_class": 20}, 100, 3)
+    assert split.class_counts.tolist() == [4980, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    _check_val_split(base, split, labels, [5000] * 10, 20, [0])
+    # 8 images per class, n = [8, 6, 5, 5, ...]: with v = 3, class 1 has 2 unused (< 3) and
+    # drops to 5; class 2 has exactly 3 unused and keeps its 5
+    _, fy = _fake_fashion(tmp_path, gz=True)
+    fcfg = {"source": "fashion_mnist", "root": str(tmp_path), "n_max": 8}
+    fbase = build_split("fm", fcfg, 4, 0)
+    fsplit = build_split("fm", {**fcfg, "val_per_class": 3}, 4, 0)
+    assert fbase.class_counts.tolist() == [8, 6, 5, 5, 4, 3, 3, 2, 2, 2]
+    assert fsplit.class_counts.tolist() == [5, 5, 5, 5, 4, 3, 3, 2, 2, 2]
+    _check_val_split(fbase, fsplit, fy, [8] * 10, 3, [0, 1])
+    val = split_data(fsplit, "val")
+    assert np.array_equal(val.labels, fy[fsplit.val_indices])
+    assert np.array_equal(val.ids, fsplit.val_indices)
+
+
+def test_val_split_digits_counts_and_round_trip(tmp_path):
+    from sklearn.datasets import load_digits
+
+    y = load_digits().target  # class sizes 178 182 177 183 181 182 181 179 174 180
+    base = build_split("d", {"source": "digits"}, 10, 0)
+    split = build_split("d", {"source": "digits", "val_per_class": 10}, 10, 0)
+    pools = (np.bincount(y) - 30).tolist()  # after the 30-per-class test set
+    # n = [144, 111, ...]; class 0 has 148 - 144 = 4 unused (< 10): 144 -> 138
+    assert split.class_counts.tolist() == [138, 111, 86, 66, 51, 40, 31, 24, 18, 14]
+    _check_val_split(base, split, y, pools, 10, [0])
+    val = split_data(split, "val")
+    assert val.images.shape == (100, 8, 8, 1) and np.array_equal(val.labels, y[val.ids])
+    write_split(tmp_path / "d.npz", split)
+    back = read_split(tmp_path / "d.npz")
+    _assert_same(split, back)
+    summary = json.loads((tmp_path / "d.json").read_text())
+    assert summary["sizes"]["val"] == 100 and summary["dataset_cfg"]["val_per_class"] == 10
+
+
+def test_val_split_deterministic_per_seed():
+    cfg = {"source": "digits", "val_per_class": 10}
+    a, b, c = (build_split("d", cfg, 10, s) for s in (0, 0, 1))
+    _assert_same(a, b)
+    assert not np.array_equal(a.val_indices, c.val_indices)
+    assert a.fingerprint != build_split("d", {"source": "digits"}, 10, 0).fingerprint
+    assert a.fingerprint != build_split("d", {**cfg, "val_per_class": 11}, 10, 0).fingerprint
+
+
+def test_val_per_class_zero_is_todays_split(cifar10_root):
+    root, _, _ = cifar10_root
+    cfg = {"source": "cifar10", "root": str(root)}
+    for name, c in (("c10", cfg), ("d", {"source": "digits"})):
+        base = build_split(name, c, 100, 0)
+        zero = build_split(name, {**c, "val_per_class": 0}, 100, 0)
+        _assert_same(base, zero)  # indices, counts, dataset_cfg and fingerprint
+        assert zero.val_indices is None and "val_per_class" not in zero.dataset_cfg
+
+
+def test_val_per_class_refused_where_it_cannot_apply(tmp_path):
+    lists = _imagenet_lists(tmp_path)
+    cfg = {"source": "imagenet_lt", "root": str(tmp_path), "lists": str(lists)}
+    assert build_split("inlt", {**cfg, "val_per_class": 0}, None, 0).val_indices.size == 3
+    with pytest.raises(LtpipeError, match=r"imagenet_lt has its own validation split "
+                       r"\(ImageNet_LT_val\.txt\): remove val_per_class"):
+        build_split("inlt", {**cfg, "val_per_class": 5}, None, 0)
+    _write_lists(tmp_path, "iNaturalist18", {"train": ["a.jpg 0"], "val": ["c.jpg 1"]})
+    with pytest.raises(LtpipeError, match=r"iNaturalist18_val\.txt is the test set"):
+        build_split("inat", {"source": "inat2018", "root": str(tmp_path),
+                             "val_per_class": 1}, None, 0)
+    for bad in (-1, True, 2.5):
+        with pytest.raises(LtpipeError, match=rf"val_per_class: {bad!r} must be an integer >= 0"):
+            build_split("d", {"source": "digits", "val_per_class": bad}, 10, 0)
+    # class 8 has 174 - 30 = 144 images after the test set: 144 would leave it none
+    with pytest.raises(LtpipeError, match=r"val_per_class=144: class 8 has only 144 images.*"
+                       r"lower val_per_class below 144"):
+        build_split("d", {"source": "digits", "val_per_class": 144}, 10, 0)

@@ -134,6 +134,22 @@ def test_speed_only_recipe_keys_do_not_retrain(default_run):
         assert "speed-only settings of 'ce' from the environment" in log.read_text()
 
 
+def test_val_per_class_zero_is_the_default_split(default_run):
+    """``val_per_class: 0`` (config.yaml writes it out) and no key at all are the same split:
+    nothing reruns either way. Any other value rebuilds the split and all that it feeds."""
+    assert yaml.safe_load((default_run / "config.yaml").read_text())["datasets"]["digits"][
+        "val_per_class"] == 0
+    cfg_path = _edited(default_run, lambda c: c["datasets"]["digits"].pop("val_per_class"))
+    assert planned_jobs(snakemake(default_run, "-n", config=cfg_path)) == {}
+    cfg_path = _edited(default_run, lambda c: c["datasets"]["digits"].update(val_per_class=5))
+    jobs = planned_jobs(snakemake(default_run, "-n", config=cfg_path))
+    assert jobs["split"] == 2 and jobs["train"] == 4 and jobs["dump"] == 4  # ce, kps x 2 IFs
+    cfg = yaml.safe_load(cfg_path.read_text())
+    from ltpipe.config import metric_targets
+
+    assert jobs["classify"] == len(metric_targets(cfg))
+
+
 def test_bad_config_stops_before_any_job(default_run):
     cfg_path = _edited(default_run, lambda c: c["datasets"]["digits"].update(
         imbalance_factors=[0.5]))
@@ -201,3 +217,54 @@ def test_bundle_reproduces_without_retraining(default_run, tmp_path):
     with pytest.raises(LtpipeError, match="differs from the bundle"):
         bundle.unpack(archive, fresh / "results")
     assert victim.read_text() == "{}"
+
+
+VAL_CONFIG = {
+    "results": "results",
+    "datasets": {"digits": {"source": "digits", "imbalance_factors": [10], "split_seeds": [0],
+                            "shot_thresholds": {"many": 50, "few": 20}, "val_per_class": 10}},
+    "backbones": {"ce": {"backbone": "resnet8", "backbone_kwargs": {"widths": [8, 8, 16]},
+                         "epochs": 2, "batch_size": 32, "lr": 0.1, "warmup_epochs": 1,
+                         "augment": "crop", "final_eval": False, "seeds": [0]}},
+    "classifiers": {"joint": {"method": "joint", "backbones": ["ce"]},
+                    "tau_norm": {"method": "tau_norm", "backbones": ["ce"],
+                                 "settings": {"tau": [0.0, 1.0]}}},
+}
+
+
+def test_val_per_class_end_to_end(tmp_path):
+    """digits with ``val_per_class: 10``: the split carries a balanced val part, the cache a
+    ``val`` group, every classify job scores val, the summary marks the sweep point chosen on
+    val; changing ``val_per_class`` rebuilds the split and everything downstream of it."""
+    import json
+
+    from ltpipe.cache import open_cache
+
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(VAL_CONFIG))
+    target = "results/summary.csv"
+    planned = planned_jobs(snakemake(tmp_path, "-n", target, config=cfg_path))
+    assert planned == {"split": 1, "train": 1, "dump": 1, "classify": 3, "summary": 1}
+    snakemake(tmp_path, "--cores", "2", target, config=cfg_path)
+    run = tmp_path / "results" / "digits" / "if10" / "s0"
+    split = json.loads((run / "split.json").read_text())
+    assert split["sizes"] == {"train": 579, "val": 100, "test": 300}
+    assert split["class_counts"]["0"] == 138  # 144 - 6: class 0 has 4 unused images (< 10)
+    with open_cache(run / "ce" / "t0" / "cache.zarr") as cache:
+        labels = cache.read("val", "labels").tolist()
+    assert sorted(labels) == sorted(list(range(10)) * 10)  # 10 per class
+    metrics = json.loads((run / "cls" / "tau_norm" / "t0" / "tau=1.0" / "metrics.json")
+                         .read_text())
+    assert metrics["metrics"]["val"]["num_samples"] == 100
+    with open(tmp_path / "results" / "summary.csv") as fh:
+        rows = {r["point"] + r["classifier"]: r for r in csv.DictReader(fh)}
+    sweep = [rows["tau=0.0tau_norm"], rows["tau=1.0tau_norm"]]
+    assert sorted(r["chosen_on_val"] for r in sweep) == ["no", "yes"]
+    best = max(sweep, key=lambda r: float(r["val_all"]))
+    assert best["chosen_on_val"] == "yes" and rows["defaultjoint"]["chosen_on_val"] == ""
+    assert "Sweep points chosen on validation" in (tmp_path / "results" / "summary.md").read_text()
+    edited = yaml.safe_load(yaml.safe_dump(VAL_CONFIG))
+    edited["datasets"]["digits"]["val_per_class"] = 6
+    (tmp_path / "v6.yaml").write_text(yaml.safe_dump(edited))
+    planned = planned_jobs(snakemake(tmp_path, "-n", target, config=tmp_path / "v6.yaml"))
+    assert planned == {"split": 1, "train": 1, "dump": 1, "classify": 3, "summary": 1}

@@ -62,9 +62,36 @@ def select_lt_indices(labels: np.ndarray, counts: list[int], seed: int) -> np.nd
     (the reference's order). A class with fewer samples than asked for is an error (the
     reference would silently keep fewer).
     """
+    return select_lt_and_val(labels, counts, seed, 0)[0]
+
+
+def select_lt_and_val(
+    labels: np.ndarray, counts: list[int], seed: int, val_per_class: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The long-tailed training subset of :func:`select_lt_indices` and a balanced validation set.
+
+    Class c's indices are shuffled exactly as in :func:`select_lt_indices` (the same
+    ``RandomState(seed)`` stream; nothing else draws from it), giving ``perm`` of length
+    ``P_c``. Validation takes the *last* ``v = val_per_class`` entries of ``perm``; training
+    keeps its first ``min(counts[c], P_c - v)``. So:
+
+    - ``P_c - counts[c] >= v``: validation is ``v`` of the images the profile leaves unused and
+      the training selection is the ``v = 0`` selection, index for index;
+    - otherwise (the head classes) the ``v`` images are reserved before the profile is applied:
+      training keeps the first ``P_c - v`` of the ``v = 0`` selection (a prefix of it), so the
+      count drops by ``counts[c] - (P_c - v) <= v``.
+
+    Returns ``(train, val)``: ``train`` class-major in shuffled order (as
+    :func:`select_lt_indices`), ``val`` sorted ascending (empty for ``v = 0``). ``v`` must leave
+    every class at least one training image.
+    """
     labels = _check_labels(labels, len(counts))
+    v = int(val_per_class)
+    if v != val_per_class or v < 0:
+        raise LtpipeError(f"val_per_class={val_per_class!r} must be an integer >= 0 (0: no "
+                          "validation split)")
     rng = np.random.RandomState(int(seed))
-    keep = []
+    keep, val = [], []
     for cls, n in enumerate(counts):
         idx = np.flatnonzero(labels == cls).astype(np.int64)
         if n < 0 or n > idx.size:
@@ -72,9 +99,18 @@ def select_lt_indices(labels: np.ndarray, counts: list[int], seed: int) -> np.nd
                 f"class {cls} has {idx.size} samples but the profile asks for {n}; "
                 "lower n_max (or the imbalance factor) so every class can supply its count"
             )
+        if v and idx.size - v < 1:
+            raise LtpipeError(
+                f"val_per_class={v}: class {cls} has only {idx.size} images to draw from, so "
+                f"holding out {v} for validation leaves none for training; lower val_per_class "
+                f"below {idx.size}"
+            )
         rng.shuffle(idx)
-        keep.append(idx[:n])
-    return np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64)
+        keep.append(idx[:min(n, idx.size - v)])
+        val.append(idx[idx.size - v:])
+    if not keep:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(keep), np.sort(np.concatenate(val))
 
 
 def stratified_holdout(

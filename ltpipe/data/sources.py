@@ -13,6 +13,12 @@ list file) and how the split parts ``train``/``val``/``test`` are drawn from the
 - ``imagenet_lt``, ``places_lt``, ``inat2018``: long-tailed natively; every listed image is used
   (iNaturalist 2018's ``val`` list is the test set and there is no val part).
 
+The profile sources have no validation set of their own. ``val_per_class: v`` (default 0: none,
+the published splits) holds out ``v`` images per class from the training pool, disjoint from the
+training part and the test set (``select_lt_and_val``): from the images the profile leaves
+unused where a class has at least ``v`` of them, otherwise reserved before the profile, which
+lowers that class's count to ``pool - v``. The list-file sources refuse it.
+
 Indices always point into a pool, and ``ids`` of loaded data are those indices (stable across
 runs: the row of the source's own train/test set, or for digits of ``load_digits``).
 """
@@ -28,7 +34,7 @@ import numpy as np
 
 from ltpipe.data import formats
 from ltpipe.data.listfile import FileListData, parse_list_file
-from ltpipe.data.profiles import class_counts, lt_counts, select_lt_indices, stratified_holdout
+from ltpipe.data.profiles import class_counts, lt_counts, select_lt_and_val, stratified_holdout
 from ltpipe.utils import LtpipeError, sha256_array, stable_hash
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -57,7 +63,7 @@ class Source:
     class_names: list[str]
     image_shape: tuple
     default_n_max: int = 0
-    part_pool: dict[str, str] = {"train": "train", "test": "test"}
+    part_pool: dict[str, str] = {"train": "train", "val": "train", "test": "test"}
     natively_long_tailed = False
 
     def __init__(self, cfg: dict[str, Any]):
@@ -78,6 +84,14 @@ class Source:
     def select(self, imbalance_factor: float | None, seed: int) -> dict[str, np.ndarray]:
         """Split part -> indices into that part's pool."""
         raise NotImplementedError
+
+    def val_per_class(self) -> int:
+        """``dataset_cfg['val_per_class']`` (0 when absent); refused where it cannot apply."""
+        value = self.cfg.get("val_per_class", 0)
+        problem = val_per_class_problem(self.name, value)
+        if problem:
+            raise LtpipeError(problem)
+        return int(value)
 
     def n_max(self, default: int) -> int:
         """``dataset_cfg['n_max']`` when set, else ``default``."""
@@ -127,10 +141,16 @@ class ArraySource(Source):
 
     def select(self, imbalance_factor: float | None, seed: int) -> dict[str, np.ndarray]:
         counts = self.profile_counts(imbalance_factor)
-        return {
-            "train": select_lt_indices(self.labels("train"), counts, seed),
-            "test": np.arange(self.labels("test").size, dtype=np.int64),
-        }
+        train, val = select_lt_and_val(self.labels("train"), counts, seed, self.val_per_class())
+        return self._parts(train, val, np.arange(self.labels("test").size, dtype=np.int64))
+
+    def _parts(self, train: np.ndarray, val: np.ndarray, test: np.ndarray
+               ) -> dict[str, np.ndarray]:
+        """The split parts; ``val`` only with ``val_per_class > 0``."""
+        parts = {"train": train, "test": test}
+        if self.val_per_class():
+            parts["val"] = val
+        return parts
 
     def profile_counts(self, imbalance_factor: float | None, default_n_max: int = 0) -> list[int]:
         if imbalance_factor is None:
@@ -227,7 +247,7 @@ class DigitsSource(ArraySource):
     name = "digits"
     num_classes = 10
     image_shape = (8, 8, 1)
-    part_pool = {"train": "all", "test": "all"}
+    part_pool = {"train": "all", "val": "all", "test": "all"}
 
     def __init__(self, cfg: dict[str, Any]):
         super().__init__(cfg)
@@ -251,8 +271,8 @@ class DigitsSource(ArraySource):
         test, rest = stratified_holdout(labels, self.test_per_class, self.num_classes, seed)
         default_n_max = int(class_counts(labels[rest], self.num_classes).min())
         counts = self.profile_counts(imbalance_factor, default_n_max)
-        train = rest[select_lt_indices(labels[rest], counts, seed)]
-        return {"train": train, "test": test}
+        train, val = select_lt_and_val(labels[rest], counts, seed, self.val_per_class())
+        return self._parts(rest[train], rest[val], test)
 
 
 class ListSource(Source):
@@ -296,6 +316,7 @@ class ListSource(Source):
                             labels=labels[idx].astype(np.int64), ids=idx.copy())
 
     def select(self, imbalance_factor: float | None, seed: int) -> dict[str, np.ndarray]:
+        self.val_per_class()  # refuses v > 0: the lists define every part
         if imbalance_factor is not None:
             raise LtpipeError(
                 f"{self.name} is long-tailed natively: set imbalance_factor to null "
@@ -331,6 +352,29 @@ DEFAULT_SHOT_THRESHOLDS: dict[str, dict[str, int]] = {
     name: dict(DEFAULT_THRESHOLDS) for name in SOURCES
 }
 DEFAULT_SHOT_THRESHOLDS["digits"] = {"many": 50, "few": 20}
+
+
+PROFILE_SOURCES: tuple[str, ...] = tuple(n for n in SOURCES if n not in ListSource.LAYOUTS)
+
+
+def val_per_class_problem(source: str, value: Any) -> str | None:
+    """Why ``val_per_class: value`` does not apply to ``source`` (a one-line fix), else None.
+
+    It must be an integer >= 0, and above 0 only for a profile source: the list-file sources
+    keep their published parts.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return (f"val_per_class: {value!r} must be an integer >= 0 (images per class held out "
+                "for validation; 0, the default, holds out none)")
+    if value == 0 or source not in ListSource.LAYOUTS:
+        return None
+    lists = ListSource.LAYOUTS[source][1]
+    if "val" in lists:
+        why = f"{source} has its own validation split ({lists['val']})"
+    else:
+        why = f"{source}'s parts are its lists ({lists['test']} is the test set)"
+    return (f"val_per_class: {value} is for the profile sources {list(PROFILE_SOURCES)} only; "
+            f"{why}: remove val_per_class")
 
 
 def open_source(dataset_cfg: dict[str, Any]) -> Source:

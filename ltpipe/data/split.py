@@ -5,7 +5,9 @@ plus a human-readable ``.json`` sibling. Its ``fingerprint`` hashes everything t
 split (data set name, source and its content fingerprint, imbalance factor, seed, classes,
 indices, counts, shot groups, thresholds and the data-defining part of the config), so it
 changes iff the split changes. Keys that only say where the data lives (``root``, ``lists``,
-``download``) are left out of it: moving the data does not change the split.
+``download``) are left out of it: moving the data does not change the split. ``val_per_class:
+0`` is the default written out and is dropped (:func:`data_settings`), so it leaves a split and
+its fingerprint exactly as without the key.
 """
 
 from __future__ import annotations
@@ -89,6 +91,14 @@ def _thresholds(dataset_cfg: dict[str, Any], source: str) -> dict[str, int]:
     return out
 
 
+def data_settings(dataset_cfg: dict[str, Any]) -> dict[str, Any]:
+    """``dataset_cfg`` without settings written out at their no-op default (``val_per_class:
+    0``): what the split records and the split job's params, so writing the default changes
+    neither the split's fingerprint nor Snakemake's view of the job."""
+    return {k: v for k, v in dataset_cfg.items()
+            if not (k == "val_per_class" and v == 0 and not isinstance(v, bool))}
+
+
 def build_split(
     name: str, dataset_cfg: dict[str, Any], imbalance_factor: float | None, seed: int
 ) -> Split:
@@ -106,7 +116,7 @@ def build_split(
         train_indices=parts["train"].astype(np.int64), test_indices=parts["test"].astype(np.int64),
         val_indices=parts["val"].astype(np.int64) if "val" in parts else None,
         class_counts=counts, shot_groups=shot_groups(counts, **thresholds),
-        thresholds=thresholds, dataset_cfg=dict(dataset_cfg),
+        thresholds=thresholds, dataset_cfg=data_settings(dataset_cfg),
     )
     split.fingerprint = compute_fingerprint(split)
     return split
