@@ -377,7 +377,7 @@ def _check_recipe(cfg: dict, rc: dict) -> list[str]:
 
 
 def _check_classifier(cfg: dict, name: str, cc: dict) -> list[str]:
-    from ltpipe.classifiers import METHODS, method_defaults, method_num_backbones
+    from ltpipe.classifiers import METHODS, merge_settings, method_num_backbones
 
     out = []
     method = cc["method"]
@@ -396,45 +396,17 @@ def _check_classifier(cfg: dict, name: str, cc: dict) -> list[str]:
         out.append(f"backbones {cc['backbones']} share no data set; align their datasets: lists")
     if not classifier_seeds(cfg, name):
         out.append(f"backbones {cc['backbones']} share no training seed; align their seeds")
-    defaults = method_defaults(method)
     settings = cc.get("settings", {})
     for key, value in settings.items():
-        if key not in defaults:
-            out.append(f"settings.{key}: not a setting of {method!r}; allowed: "
-                       f"{sorted(defaults)}")
-        elif isinstance(value, list) and not value:
+        if isinstance(value, list) and not value:
             out.append(f"settings.{key}: an empty sweep; give at least one value")
         elif isinstance(value, list) and len(set(map(repr, value))) != len(value):
             out.append(f"settings.{key}: the sweep {value} repeats a value")
-        else:
-            for v in value if isinstance(value, list) else [value]:
-                if not _same_kind(v, defaults[key]):
-                    out.append(f"settings.{key}: {v!r} is not of the setting's type (default "
-                               f"{defaults[key]!r}); give a {_kind_name(defaults[key])}")
-                    break
-    if method == "ffn":
-        w1 = settings.get("w1", defaults.get("w1"))
-        for v in w1 if isinstance(w1, list) else [w1]:
-            if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                out.append(f"settings.w1: fusion weight {v!r} outside [0, 1]; w1 weights the "
-                           "KPS feature and 1 - w1 the CE feature, so they sum to 1")
+    if not out:  # every sweep point through the method's own declarations (ltpipe.settings)
+        for point, values in sweep_points(settings):
+            try:
+                merge_settings(method, values)
+            except LtpipeError as err:
+                out.append(f"settings ({point}): {err}")
+                break
     return out
-
-
-def _kind_name(default: Any) -> str:
-    if isinstance(default, bool):
-        return "true or false"
-    if isinstance(default, (int, float)):
-        return "number"
-    return type(default).__name__
-
-
-def _same_kind(value: Any, default: Any) -> bool:
-    """Whether ``value`` can stand where ``default`` does (None defaults accept anything)."""
-    if default is None:
-        return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, (int, float)):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, type(default))

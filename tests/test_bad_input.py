@@ -120,9 +120,13 @@ CONFIGS = {
         ["duplicate key 'crt'", "rename or merge"]),
     "duplicate_recipe_key": (BASE_YAML.replace("    epochs: 2\n", "    epochs: 2\n    epochs: 3\n"),
                              ["duplicate key 'epochs'"]),
-    "ffn_weight_negative": (_ffn([0.5, -0.1]), ["fusion weight -0.1 outside [0, 1]",
-                                                "sum to 1"]),
-    "ffn_weight_text": (_ffn("half"), ["fusion weight 'half' outside [0, 1]"]),
+    "ffn_weight_negative": (_ffn([0.5, -0.1]), ["setting 'w1' = -0.1 is invalid",
+                                                "in [0, 1]", "CE gets 1 - w1"]),
+    "ffn_weight_text": (_ffn("half"), ["setting 'w1' = 'half' is invalid"]),
+    "h2t_rho_out_of_range": (_set("classifiers.h2t", {"method": "h2t", "backbones": ["ce"],
+                                                      "settings": {"rho": 1.5}}),
+                             ["settings (default): method 'h2t': setting 'rho' = 1.5",
+                              "a number in [0, 1]"]),
     "classifier_backbone_case": (_set("classifiers.crt.backbones", ["CE"]),
                                  ["['CE'] not defined under backbones", "(defined: ['ce'])"]),
     "empty_sweep": (_set("classifiers.crt.settings", {"epochs": []}),
@@ -139,10 +143,11 @@ CONFIGS = {
                                               "imbalance_factors": ["native"]}),
                      ["'native' is only for list-file data sets"]),
     "crt_unknown_setting": (_set("classifiers.crt.settings", {"learning_rate": 0.1}),
-                            ["settings.learning_rate: not a setting of 'crt'", "allowed"]),
+                            ["method 'crt' has no setting(s) ['learning_rate']",
+                             "allowed keys"]),
     "backbone_missing": (_drop("backbones.ce.backbone"), ["'backbone' is a required property"]),
     "augment_unknown": (_set("backbones.ce.augment", "flip"),
-                        ["augment='flip' is invalid", "expected one of"]),
+                        ["'augment' = 'flip' is invalid", "expected one of"]),
     "warmup_longer_than_training": (_set("backbones.ce.warmup_epochs", 40),
                                     ["warmup_epochs=40 is invalid", "at most epochs=2"]),
     "loss_setting_typo": (_set("backbones.ce.loss_settings", {"gama": 2}),
@@ -158,8 +163,8 @@ CONFIGS_LATE = {
                             "the model constructor's keywords (ltpipe.models.build_model does, "
                             "at train time)"),
     "classifier_setting_type": (_set("classifiers.crt.settings", {"epochs": "ten"}),
-                                ["settings.epochs"], LATE + "_check_classifier: check each "
-                                "setting's type against method_defaults"),
+                                ["setting 'epochs' = 'ten' is invalid"], LATE +
+                                "_check_classifier: check each setting's type"),
 }
 
 
@@ -227,7 +232,8 @@ def test_bad_configs_refused_by_the_ltpipe_command(tmp_path):
 
 
 SNAKEMAKE_CASES = ["duplicate_classifier", "imbalance_below_one", "ffn_weight_negative",
-                   "classifier_backbone_case", "empty_sweep", "top_level_typo"]
+                   "classifier_backbone_case", "empty_sweep", "top_level_typo",
+                   "h2t_rho_out_of_range"]
 
 
 def test_bad_configs_stop_snakemake_before_any_job(tmp_path):

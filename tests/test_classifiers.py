@@ -216,7 +216,7 @@ def test_ffn_extreme_weights_use_one_backbone(w1, noisy):
 
 def test_ffn_rejects_bad_inputs():
     kps, ce = synth(1, "cosine"), synth(2)
-    with pytest.raises(LtpipeError, match="w1=1.5"):
+    with pytest.raises(LtpipeError, match="'w1' = 1.5"):
         run_method("ffn", [kps, ce], {"w1": 1.5}, 0)
     with pytest.raises(LtpipeError, match="variant"):
         run_method("ffn", [kps, ce], {"variant": "paperish"}, 0)
@@ -302,7 +302,7 @@ def test_bwlm_lambda_is_sgd_weight_decay_or_the_papers_penalty():
     w0 = weight(lam=0.0)
     np.testing.assert_allclose(weight(lam=0.1), 0.95 * w0, rtol=1e-6)
     np.testing.assert_allclose(weight(lam=0.1, decay="penalty"), 0.9 * w0, rtol=1e-6)
-    with pytest.raises(LtpipeError, match="decay='l2'"):
+    with pytest.raises(LtpipeError, match="'decay' = 'l2'"):
         weight(decay="l2")
 
 
@@ -335,7 +335,7 @@ def test_trainer_schedule_and_iterations():
     train_head(head, torch.randn(10, 2), torch.arange(10) % 2,
                lambda z, t, e: torch.nn.functional.cross_entropy(z, t), cfg, gen(), hook)
     assert len(calls) == 7 and all(c is None for c in calls)
-    with pytest.raises(LtpipeError, match="schedule='step'"):
+    with pytest.raises(LtpipeError, match="'schedule' = 'step'"):
         TrainConfig(schedule="step").validate()
 
 
@@ -355,7 +355,7 @@ def test_trainer_epoch_length(epoch_samples, steps):
                          lambda z, t, e: torch.nn.functional.cross_entropy(z, t), cfg, gen(),
                          hook)
     assert len(history) == 2 and len(calls) == 2 * steps
-    with pytest.raises(LtpipeError, match="epoch_samples='nmax'"):
+    with pytest.raises(LtpipeError, match="'epoch_samples' = 'nmax'"):
         TrainConfig(epoch_samples="nmax").validate()
 
 
@@ -369,7 +369,9 @@ def test_registry_contract():
 
 
 def test_unknown_setting_names_the_key():
-    with pytest.raises(LtpipeError, match=r"unknown setting\(s\) \['lrr'\].*'lr'"):
+    with pytest.raises(LtpipeError, match=r"method 'h2t': setting 'rho' = 1.5 .*\[0, 1\]"):
+        run_method("h2t", [synth()], {"rho": 1.5}, 0)
+    with pytest.raises(LtpipeError, match=r"no setting\(s\) \['lrr'\].*allowed keys:.* lr,"):
         run_method("crt", [synth()], {"lrr": 0.1}, 0)
     with pytest.raises(LtpipeError, match="takes 1 backbone"):
         run_method("crt", [synth(), synth()], {}, 0)

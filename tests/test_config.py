@@ -121,7 +121,7 @@ DOMAIN = [
     (lambda c: c["classifiers"]["crt"].update(backbones=["nope"]), "not defined under backbones"),
     (lambda c: c["classifiers"]["crt"].update(method="magic"), "'magic' is not registered"),
     (lambda c: c["classifiers"]["tau_norm"].update(settings={"tau": []}), "empty sweep"),
-    (lambda c: c["classifiers"]["tau_norm"].update(settings={"tua": 1.0}), "not a setting"),
+    (lambda c: c["classifiers"]["tau_norm"].update(settings={"tua": 1.0}), "has no setting"),
     (lambda c: c["backbones"]["ce"].update(backbone="resnet9000"), "not registered"),
     (lambda c: c["backbones"]["ce"].update(loss="hinge"), "'hinge' is not registered"),
     (lambda c: c["backbones"]["ce"].update(learning_rate=0.1), "unknown key"),
@@ -154,7 +154,7 @@ def test_ffn_weight_out_of_range(cfg):
     bad["backbones"]["kps"] = dict(bad["backbones"]["ce"], head="cosine", loss="kps")
     bad["classifiers"]["ffn"] = {"method": "ffn", "backbones": ["kps", "ce"],
                                  "settings": {"w1": [0.5, 1.5]}}
-    with pytest.raises(LtpipeError, match="fusion weight 1.5 outside"):
+    with pytest.raises(LtpipeError, match="setting 'w1' = 1.5 is invalid"):
         check_config(bad)
     bad["classifiers"]["ffn"]["backbones"] = ["kps"]
     with pytest.raises(LtpipeError, match="reads 2 backbone"):

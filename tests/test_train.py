@@ -150,13 +150,13 @@ def test_non_finite_loss_names_epoch_and_step_and_keeps_last_checkpoint(split_pa
 
 
 def test_recipe_errors_name_the_key(split_path, tmp_path):
-    with pytest.raises(LtpipeError, match="unknown key.*'bogus'"):
+    with pytest.raises(LtpipeError, match="no setting.*'bogus'"):
         _run(split_path, tmp_path / "m.pt", {"bogus": 1})
-    with pytest.raises(LtpipeError, match="schedule='step'.*multistep"):
+    with pytest.raises(LtpipeError, match="'schedule' = 'step'.*multistep"):
         _run(split_path, tmp_path / "m.pt", {"schedule": "step"})
     with pytest.raises(LtpipeError, match="afa and mixup"):
         _run(split_path, tmp_path / "m.pt", {"afa": {}, "mixup_alpha": 1.0})
-    with pytest.raises(LtpipeError, match="compile='fast'.*'reduce-overhead'"):
+    with pytest.raises(LtpipeError, match="'compile' = 'fast'.*'reduce-overhead'"):
         _run(split_path, tmp_path / "m.pt", {"compile": "fast"})
     with pytest.raises(LtpipeError, match="compile cannot be combined with afa.*compile: false"):
         _run(split_path, tmp_path / "m.pt", {"afa": {}, "compile": True})
@@ -187,7 +187,7 @@ def test_init_weights_from_an_ltpipe_model_file(split_path, tmp_path):
     assert meta["init_weights"]["sha256"] == sha256_file(first)
     assert any("backbone starts from" in line and str(first) in line for line in sink.lines)
     assert metrics["steps"] == STEPS_PER_EPOCH
-    with pytest.raises(LtpipeError, match="init_weights=5 is invalid"):
+    with pytest.raises(LtpipeError, match="'init_weights' = 5 is invalid"):
         _run(split_path, tmp_path / "bad.pt", {"init_weights": 5})
 
 

@@ -1,6 +1,7 @@
 """Classifier-stage methods that run on cached stage-one arrays (methods.md section 4).
 
-Each method is one module with ``DEFAULTS`` (every setting and its default), ``NEEDS`` (cached
+Each method is one module with ``SETTINGS`` (every setting, declared with ``ltpipe.settings``:
+default, check, unit and source), ``NEEDS`` (cached
 arrays it reads), ``NUM_BACKBONES`` and ``run(inputs, settings, seed, device)`` returning scores
 per evaluated split ({"test": [N, C], "val": [N, C] where present}). ``METHODS`` maps a method
 name to its module path; modules (and torch) are imported only when a method is used, so that
@@ -13,6 +14,7 @@ import importlib
 from types import ModuleType
 from typing import Any
 
+from ltpipe.settings import defaults, resolve_settings
 from ltpipe.utils import LtpipeError
 
 METHODS: dict[str, str] = {
@@ -29,9 +31,14 @@ def get_method(name: str) -> ModuleType:
     return importlib.import_module(METHODS[name])
 
 
+def method_settings(name: str) -> dict[str, Any]:
+    """The method's declared settings (``ltpipe.settings.Setting`` per key)."""
+    return dict(get_method(name).SETTINGS)
+
+
 def method_defaults(name: str) -> dict[str, Any]:
     """A copy of the method's settings with their defaults."""
-    return dict(get_method(name).DEFAULTS)
+    return defaults(get_method(name).SETTINGS)
 
 
 def method_needs(name: str) -> set[str]:
@@ -45,21 +52,16 @@ def method_num_backbones(name: str) -> int:
 
 
 def merge_settings(name: str, settings: dict | None) -> dict[str, Any]:
-    """``settings`` over the method's defaults; an unknown key is an ``LtpipeError``."""
-    defaults = method_defaults(name)
-    settings = dict(settings or {})
-    unknown = sorted(set(settings) - set(defaults))
-    if unknown:
-        raise LtpipeError(f"method {name!r}: unknown setting(s) {unknown}; allowed settings are "
-                          f"{sorted(defaults)}")
-    return {**defaults, **settings}
+    """``settings`` over the method's defaults; an unknown key or a value its declaration
+    refuses is an ``LtpipeError`` (the same check runs at DAG build, ``ltpipe.config``)."""
+    return resolve_settings(f"method {name!r}", get_method(name).SETTINGS, settings)
 
 
 def run_method(name: str, inputs: list, settings: dict | None, seed: int,
                device: Any = "cpu") -> dict:
     """Run method ``name`` on ``inputs`` (list of ``Features``) and return scores per split.
 
-    Settings are merged over the method's ``DEFAULTS``; an unknown key or a wrong number of
+    Settings are merged over the method's defaults; an unknown key, a bad value or a wrong number of
     inputs raises ``LtpipeError``. Results are reproducible for a given ``seed``.
     """
     import torch

@@ -29,30 +29,37 @@ import numpy as np
 import torch
 
 from ltpipe.classifiers.common import (
-    check_choice,
-    check_number,
     make_loss,
     new_head,
     score_splits,
     train_tensors,
 )
-from ltpipe.classifiers.trainer import TrainConfig, make_generator, train_head
+from ltpipe.classifiers.trainer import (
+    TrainConfig,
+    make_generator,
+    train_head,
+    trainer_settings,
+)
+from ltpipe.settings import choice, number
 
-DEFAULTS = {
-    "lam": 0.1,             # lambda: weight decay of the head (cited code's stage two: 0.1)
-    "decay": "sgd",         # "sgd": gradient lam * theta on W and b | "penalty": lam ||W||^2 loss
-    "alpha": 0.1,           # BFS: weight of the class-balanced focal term (paper: 0.1)
-    "beta": 0.9999,         # BFS: class-balanced beta
-    "gamma": 2.0,           # BFS: focal gamma
-    "iterations": 1700,     # SGD steps (cited code: 10 epochs x 170 steps on CIFAR-100-LT IF 100)
-    "batch_size": 64,       # paper: 64
-    "lr": 0.01,             # paper: cosine from 0.01
-    "lr_min": 0.0,          # paper: to 0
-    "schedule": "cosine",   # "cosine" | "constant"
-    "momentum": 0.9,        # SGD momentum
-    "sampler": "instance",  # over the review set (already balanced by construction)
+SETTINGS = {
+    "lam": number(0.1, 0, doc="lambda: weight decay of the head (cited code's stage two: 0.1)"),
+    "decay": choice("sgd", ("sgd", "penalty"), doc=(
+        "'sgd': gradient lam * theta on W and b (cited code) | 'penalty': lam ||W||^2 in the "
+        "loss (the paper's formula)")),
+    "alpha": number(0.1, 0, 1, doc="BFS: weight of the class-balanced focal term (paper: 0.1)"),
+    "beta": number(0.9999, 0, 1, hi_open=True, doc="BFS: class-balanced beta"),
+    "gamma": number(2.0, 0, doc="BFS: focal gamma"),
+    **trainer_settings(
+        iterations=1700,     # cited code: 10 epochs x 170 steps on CIFAR-100-LT IF 100
+        batch_size=64,       # paper: 64
+        lr=0.01,             # paper: cosine from 0.01
+        lr_min=0.0,          # paper: to 0
+        schedule="cosine",
+        momentum=0.9,        # paper: 0.9
+        sampler="instance",  # over the review set (already balanced by construction)
+    ),
 }
-DECAYS = ("sgd", "penalty")
 NEEDS = {"pooled"}
 NUM_BACKBONES = 1
 
@@ -79,8 +86,6 @@ def review_indices(labels: torch.Tensor, num_classes: int,
 def run(inputs: list, settings: dict, seed: int, device: torch.device) -> dict[str, np.ndarray]:
     """Train the BWLM head; return its logits per evaluated split."""
     (feat,) = inputs
-    check_number(settings, "lam", "bwlm", lo=0.0)
-    check_choice(settings, "decay", "bwlm", DECAYS)
     lam, sgd_decay = float(settings["lam"]), settings["decay"] == "sgd"
     cfg = TrainConfig.from_settings(settings, weight_decay=lam if sgd_decay else 0.0)
     gen = make_generator(seed, device)

@@ -23,8 +23,6 @@ import torch
 
 from ltpipe.classifiers.common import (
     as_tensor,
-    check_choice,
-    check_number,
     make_loss,
     score_splits,
     stage_one_head,
@@ -38,23 +36,32 @@ from ltpipe.classifiers.fsa_parts import (
     usable_positions,
 )
 from ltpipe.classifiers.inputs import Features
-from ltpipe.classifiers.trainer import TrainConfig, make_generator, train_head
+from ltpipe.classifiers.trainer import (
+    TrainConfig,
+    make_generator,
+    train_head,
+    trainer_settings,
+)
 from ltpipe.data.samplers import LabelSampler
+from ltpipe.settings import choice, number
 from ltpipe.utils import LtpipeError
 
-DEFAULTS = {
-    "h_r": 0.9,             # share of training samples held by the head classes
-    "n_t": 16,              # tail samples per iteration (batch = 2 n_t (1 + n_a) = 128)
-    "n_a": 3,               # augmented samples per tail sample
-    "n_f": 3,               # confusing classes per tail class
-    "tau_s": 0.8,           # CAM above this: class-specific position
-    "tau_g": 0.2,           # CAM below this: class-generic position
-    "tail_sampler": "instance",  # "instance" (uniform over tail samples) | "class_balanced"
-    "iterations": 6400,     # fine-tuning steps (paper, CIFAR)
-    "lr": 0.001,            # fixed learning rate (paper)
-    "schedule": "constant",  # "constant" (paper) | "cosine"
-    "momentum": 0.9,        # SGD momentum
-    "weight_decay": 5e-4,   # SGD weight decay (unstated in the paper)
+SETTINGS = {
+    "h_r": number(0.9, 0, 1, lo_open=True, doc="share of training samples held by head classes"),
+    "n_t": number(16, 1, integer=True, doc="tail samples per iteration (batch 2 n_t (1 + n_a))"),
+    "n_a": number(3, 1, integer=True, doc="augmented samples per tail sample (paper: 3)"),
+    "n_f": number(3, 1, integer=True, doc="confusing classes per tail class (paper: 3)"),
+    "tau_s": number(0.8, 0, 1, doc="CAM above this: class-specific position"),
+    "tau_g": number(0.2, 0, 1, doc="CAM below this: class-generic position"),
+    "tail_sampler": choice("instance", ("instance", "class_balanced"),
+                           doc="uniform over tail samples, or over tail classes"),
+    **trainer_settings(
+        iterations=6400,      # fine-tuning steps (paper, CIFAR)
+        lr=0.001,             # fixed learning rate (paper)
+        schedule="constant",  # paper: constant
+        momentum=0.9,         # SGD momentum (unstated in the paper)
+        weight_decay=5e-4,    # SGD weight decay (unstated in the paper)
+    ),
 }
 NEEDS = {"pooled", "logits", "fmap", "cam"}
 NUM_BACKBONES = 1
@@ -62,15 +69,6 @@ NUM_BACKBONES = 1
 # the augmentation does not depend on the head being trained, so this changes nothing else)
 CHUNK_BYTES = 32 << 20
 MAX_CHUNK = 64  # batches per chunk at most
-
-
-def _check(settings: dict) -> None:
-    check_number(settings, "h_r", "fsa", lo=0.0, hi=1.0, lo_open=True)
-    for key in ("n_t", "n_a", "n_f"):
-        check_number(settings, key, "fsa", lo=1, integer=True)
-    for key in ("tau_s", "tau_g"):
-        check_number(settings, key, "fsa", lo=0.0, hi=1.0)
-    check_choice(settings, "tail_sampler", "fsa", ("instance", "class_balanced"))
 
 
 class _Pool:
@@ -145,7 +143,6 @@ def make_augment(feat: Features, settings: dict, device: torch.device):
 def run(inputs: list, settings: dict, seed: int, device: torch.device) -> dict[str, np.ndarray]:
     """Fine-tune the stage-one head on FSA batches; return logits per evaluated split."""
     (feat,) = inputs
-    _check(settings)
     batch = 2 * int(settings["n_t"]) * (1 + int(settings["n_a"]))
     cfg = TrainConfig.from_settings(settings, sampler=None, batch_size=batch)
     gen = make_generator(seed, device)

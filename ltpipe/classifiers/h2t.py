@@ -23,24 +23,31 @@ import numpy as np
 import torch
 
 from ltpipe.classifiers.common import (
-    check_number,
     make_loss,
     score_splits,
     stage_one_head,
     train_tensors,
 )
-from ltpipe.classifiers.trainer import TrainConfig, make_generator, train_head
+from ltpipe.classifiers.trainer import (
+    TrainConfig,
+    make_generator,
+    train_head,
+    trainer_settings,
+)
+from ltpipe.settings import number
 
-DEFAULTS = {
-    "rho": 0.25,                  # fraction of channels taken from the donor (CIFAR-100: 0.25)
-    "epochs": 10,                 # methods.md: 10
-    "batch_size": 128,            # methods.md: 128
-    "lr": 0.02,                   # reference CIFAR-100 IF 100: 0.1 x lr_factor 0.2
-    "lr_min": 0.0,                # cosine schedule end
-    "schedule": "cosine",         # "cosine" | "constant"
-    "momentum": 0.9,              # SGD momentum
-    "weight_decay": 5e-4,         # reference CIFAR-100 IF 100: 5e-4 (IF 50 / 200: 2e-4)
-    "sampler": "class_balanced",  # receivers' sampler; donors are always instance-sampled
+SETTINGS = {
+    "rho": number(0.25, 0, 1, doc="fraction of channels taken from the donor (CIFAR-100: 0.25)"),
+    **trainer_settings(
+        epochs=10,                 # reference: 10
+        batch_size=128,            # reference: 128
+        lr=0.02,                   # reference CIFAR-100 IF 100: 0.1 x lr_factor 0.2
+        lr_min=0.0,                # cosine schedule end
+        schedule="cosine",
+        momentum=0.9,
+        weight_decay=5e-4,         # reference CIFAR-100 IF 100: 5e-4 (IF 50 / 200: 2e-4)
+        sampler="class_balanced",  # receivers' sampler; donors are always instance-sampled
+    ),
 }
 NEEDS = {"pooled"}
 NUM_BACKBONES = 1
@@ -75,7 +82,6 @@ def make_augment(rho: float):
 def run(inputs: list, settings: dict, seed: int, device: torch.device) -> dict[str, np.ndarray]:
     """Fine-tune the stage-one head on fused features; return logits per evaluated split."""
     (feat,) = inputs
-    check_number(settings, "rho", "h2t", lo=0.0, hi=1.0)
     cfg = TrainConfig.from_settings(settings)
     gen = make_generator(seed, device)
     x, y = train_tensors(feat, "pooled", "h2t", device)

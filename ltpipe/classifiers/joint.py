@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-DEFAULTS: dict = {}
+SETTINGS: dict = {}
 NEEDS = {"logits"}
 NUM_BACKBONES = 1
 

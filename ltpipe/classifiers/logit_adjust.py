@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ltpipe.classifiers.common import check_number
+from ltpipe.settings import number
 
-DEFAULTS = {
-    "tau": 1.0,  # strength of the prior correction; 0 = the joint head unchanged
+SETTINGS = {
+    "tau": number(1.0, doc="strength of the prior correction; 0 = the joint head unchanged"),
 }
 NEEDS = {"logits"}
 NUM_BACKBONES = 1
@@ -25,7 +25,6 @@ def log_prior(counts: np.ndarray) -> np.ndarray:
 def run(inputs: list, settings: dict, seed: int, device) -> dict[str, np.ndarray]:
     """Adjusted logits of each evaluated split."""
     (feat,) = inputs
-    check_number(settings, "tau", "logit_adjust")
     shift = (float(settings["tau"]) * log_prior(feat.class_counts)).astype(np.float32)
     return {split: feat.require(split, "logits", "logit_adjust") - shift[None, :]
             for split in feat.eval_splits()}

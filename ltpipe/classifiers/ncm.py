@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from ltpipe.classifiers.common import score_splits, train_tensors
+from ltpipe.settings import flag
 
-DEFAULTS = {
-    "center": True,      # subtract the mean train feature first
-    "normalize": True,   # L2-normalize features (after centering)
+SETTINGS = {
+    "center": flag(True, "subtract the mean train feature first"),
+    "normalize": flag(True, "L2-normalize features (after centering)"),
 }
 NEEDS = {"pooled"}
 NUM_BACKBONES = 1

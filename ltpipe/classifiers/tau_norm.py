@@ -11,10 +11,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ltpipe.classifiers.common import as_tensor, check_number, score_splits
+from ltpipe.classifiers.common import as_tensor, score_splits
+from ltpipe.settings import number
 
-DEFAULTS = {
-    "tau": 1.0,  # exponent of the row norm; 0 = no rescaling, 1 = unit-norm rows
+SETTINGS = {
+    "tau": number(1.0, 0, doc="exponent of the row norm; 0 = no rescaling, 1 = unit-norm rows"),
 }
 NEEDS = {"pooled"}
 NUM_BACKBONES = 1
@@ -29,7 +30,6 @@ def tau_normalize(weight: torch.Tensor, tau: float) -> torch.Tensor:
 def run(inputs: list, settings: dict, seed: int, device: torch.device) -> dict[str, np.ndarray]:
     """tau-normalized scores of each evaluated split."""
     (feat,) = inputs
-    check_number(settings, "tau", "tau_norm", lo=0.0)
     w = tau_normalize(as_tensor(feat.head_weight, device), float(settings["tau"]))
     cosine = feat.head_kind == "cosine"
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 from torch import nn
 
 from ltpipe.data.samplers import LabelSampler
+from ltpipe.settings import Setting, choice, number, resolve_settings
 from ltpipe.utils import LtpipeError
 
 # augment(batch_idx, x, y, generator) -> (x_batch, y_batch); batch_idx is None with sampler None
@@ -28,6 +30,36 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 EPOCH_SAMPLES = ("data", "class_aware")
+SAMPLERS = ("instance", "class_balanced", "sqrt", "inverse")
+
+# Every optimization setting a method may expose, declared once; a method picks the ones it uses
+# and sets its own defaults with ``trainer_settings``.
+TRAINER_SETTINGS: dict[str, Setting] = {
+    "epochs": number(10, 1, integer=True, doc="epochs of epoch_samples samples each"),
+    "iterations": number(None, 1, integer=True, optional=True,
+                         doc="total SGD steps; replaces epochs when set"),
+    "epoch_samples": choice("data", EPOCH_SAMPLES, doc=(
+        "one epoch: 'data' = N samples (a pass over the training set; also torch's "
+        "WeightedRandomSampler(weights, N)); 'class_aware' = n_max x C, the nominal length of "
+        "Kang et al.'s ClassAwareSampler")),
+    "batch_size": number(128, 1, integer=True, doc="samples per SGD step"),
+    "lr": number(0.1, 0, doc="start learning rate"),
+    "lr_min": number(0.0, 0, doc="cosine schedule end"),
+    "schedule": choice("cosine", ("cosine", "constant"), doc="per step: cosine to lr_min"),
+    "momentum": number(0.9, 0, 1, hi_open=True, doc="SGD momentum"),
+    "weight_decay": number(5e-4, 0, doc="SGD weight decay on every trained parameter"),
+    "sampler": choice("class_balanced", SAMPLERS, optional=True,
+                      doc="None when the method's augment hook builds whole batches"),
+}
+
+
+def trainer_settings(**own_defaults: Any) -> dict[str, Setting]:
+    """The trainer settings named in ``own_defaults``, each with the method's own default."""
+    unknown = sorted(set(own_defaults) - set(TRAINER_SETTINGS))
+    if unknown:
+        raise LtpipeError(f"trainer_settings: {unknown} are not trainer settings; known: "
+                          f"{sorted(TRAINER_SETTINGS)}")
+    return {k: TRAINER_SETTINGS[k].with_default(v) for k, v in own_defaults.items()}
 
 
 def samples_per_epoch(labels: torch.Tensor, kind: str) -> int:
@@ -40,20 +72,10 @@ def samples_per_epoch(labels: torch.Tensor, kind: str) -> int:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimization settings; method ``DEFAULTS`` use the same key names.
+    """Optimization settings of ``train_head``; field meanings and checks: ``TRAINER_SETTINGS``.
 
-    epochs: passes of ceil(N / batch_size) steps; ignored when ``iterations`` is set.
-    iterations: total number of steps (e.g. FSA's 6400), or None.
-    batch_size: samples per step drawn by the sampler.
-    lr, lr_min: start learning rate; the cosine schedule ends at lr_min.
-    schedule: "cosine" (per step, lr -> lr_min) or "constant".
-    momentum, weight_decay: SGD settings (weight decay applies to every trained parameter).
-    sampler: "instance" | "class_balanced" | "sqrt" | "inverse", or None when ``augment``
-      builds the whole batch itself (it then receives batch_idx=None).
-    epoch_samples: what one epoch is. "data": N, the training set's size (a pass over the data;
-      also torch's WeightedRandomSampler(weights, N), as FFN's reference resamples);
-      "class_aware": n_max x C, the epoch of Kang et al.'s ClassAwareSampler (every class drawn
-      as often as the largest class has samples), used by cRT, LWS and H2T's references.
+    An epoch is ceil(samples / batch_size) steps, samples from ``epoch_samples``; ``iterations``
+    (when set) replaces epochs x steps. ``sampler`` None means the augment hook builds batches.
     """
 
     epochs: int = 10
@@ -78,24 +100,8 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        """Raise ``LtpipeError`` on a setting that cannot train."""
-        if self.iterations is None and (not isinstance(self.epochs, int) or self.epochs < 1):
-            raise LtpipeError(f"epochs={self.epochs!r}: expected an integer >= 1")
-        if self.iterations is not None and (not isinstance(self.iterations, int)
-                                            or self.iterations < 1):
-            raise LtpipeError(f"iterations={self.iterations!r}: expected an integer >= 1 or "
-                              "null")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise LtpipeError(f"batch_size={self.batch_size!r}: expected an integer >= 1")
-        if self.epoch_samples not in EPOCH_SAMPLES:
-            raise LtpipeError(f"epoch_samples={self.epoch_samples!r}: expected one of "
-                              f"{list(EPOCH_SAMPLES)}")
-        if self.schedule not in ("cosine", "constant"):
-            raise LtpipeError(f"schedule={self.schedule!r}: expected 'cosine' or 'constant'")
-        for key in ("lr", "lr_min", "momentum", "weight_decay"):
-            v = getattr(self, key)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
-                raise LtpipeError(f"{key}={v!r}: expected a number >= 0")
+        """Raise ``LtpipeError`` on a value ``TRAINER_SETTINGS`` refuses."""
+        resolve_settings("trainer", TRAINER_SETTINGS, asdict(self))
 
     def lr_at(self, step: int, total: int) -> float:
         """Learning rate of step ``step`` (0-based) out of ``total``."""

@@ -1,95 +1,45 @@
 """Loss base class, registry, settings validation and mixup, shared by every ltpipe loss.
 
 A loss is built from the train split's per-class counts plus keyword settings; each class
-declares its settings (default, check) in ``SETTINGS`` so configs can be validated up front with
-``loss_settings`` and bad keys fail at build time with a message naming them.
+declares its settings in ``SETTINGS`` (``ltpipe.settings``, the one dialect of every setting),
+so configs are validated up front and bad keys fail at build time with a message naming them.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ltpipe.losses.weights import as_counts
+from ltpipe.settings import Setting, choice, flag, is_real, number, resolve_settings
 from ltpipe.utils import LtpipeError
 
-
-@dataclass(frozen=True)
-class Setting:
-    """One loss setting: its default, a check on values and what the check expects (for errors)."""
-
-    default: Any
-    ok: Callable[[Any], bool]
-    expect: str
-
-
-def _real(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+__all__ = ["LOSSES", "LTLoss", "Setting", "beta", "build_loss", "choice", "epoch", "flag",
+           "fraction", "loss_settings", "mixup_loss", "nonnegative", "positive", "register_loss"]
 
 
 def positive(default: float) -> Setting:
-    return Setting(default, lambda v: _real(v) and v > 0, "a positive number")
+    return number(default, 0, lo_open=True)
 
 
 def nonnegative(default: float) -> Setting:
-    return Setting(default, lambda v: _real(v) and v >= 0, "a number >= 0")
+    return number(default, 0)
 
 
 def fraction(default: float) -> Setting:
-    return Setting(default, lambda v: _real(v) and 0 <= v <= 1, "a number in [0, 1]")
+    return number(default, 0, 1)
 
 
 def beta(default: float | None, optional: bool = False) -> Setting:
-    def ok(v: Any) -> bool:
-        return (optional and v is None) or (_real(v) and 0 <= v < 1)
-
-    return Setting(default, ok, ("null or " if optional else "") + "a number in [0, 1)")
+    return number(default, 0, 1, hi_open=True, optional=optional)
 
 
 def epoch(default: int | None, optional: bool = False) -> Setting:
-    def ok(v: Any) -> bool:
-        return (optional and v is None) or (_int(v) and v >= 0)
-
-    return Setting(default, ok, ("null or " if optional else "") + "an integer epoch >= 0")
-
-
-def choice(default: str, options: tuple[str, ...]) -> Setting:
-    return Setting(default, lambda v: v in options, f"one of {list(options)}")
-
-
-def flag(default: bool) -> Setting:
-    return Setting(default, lambda v: isinstance(v, bool), "true or false")
-
-
-def resolve_settings(name: str, spec: dict[str, Setting], given: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``given`` over the defaults in ``spec``; raise LtpipeError on unknown or bad values."""
-    allowed = ", ".join(sorted(spec))
-    unknown = sorted(set(given) - set(spec))
-    if unknown:
-        raise LtpipeError(
-            f"loss {name!r} has no setting(s) {unknown}; allowed keys: {allowed}. "
-            "Remove or rename them in the config"
-        )
-    out = {key: s.default for key, s in spec.items()}
-    for key, value in given.items():
-        if not spec[key].ok(value):
-            raise LtpipeError(
-                f"loss {name!r}: setting {key!r} = {value!r} is invalid, expected "
-                f"{spec[key].expect}; allowed keys: {allowed}"
-            )
-        out[key] = value
-    return out
+    return number(default, 0, integer=True, optional=optional)
 
 
 class LTLoss(nn.Module):
@@ -107,7 +57,7 @@ class LTLoss(nn.Module):
     def __init__(self, counts: Any, **settings: Any) -> None:
         super().__init__()
         name = self.registry_name or type(self).__name__
-        self.settings = resolve_settings(name, self.SETTINGS, settings)
+        self.settings = resolve_settings(f"loss {name!r}", self.SETTINGS, settings)
         n = as_counts(counts)
         self.num_classes = int(n.size)
         self.register_buffer("counts", torch.tensor(n, dtype=torch.float32), persistent=False)
@@ -191,6 +141,6 @@ def mixup_loss(
     loss: LTLoss, logits: Tensor, y_a: Tensor, y_b: Tensor, lam: float, epoch: int = 0
 ) -> Tensor:
     """Mixup objective lam * L(logits, y_a) + (1 - lam) * L(logits, y_b)."""
-    if not (_real(lam) and 0 <= lam <= 1):
+    if not (is_real(lam) and 0 <= lam <= 1):
         raise LtpipeError(f"mixup lam must be a number in [0, 1], got {lam!r}")
     return lam * loss(logits, y_a, epoch) + (1 - lam) * loss(logits, y_b, epoch)
