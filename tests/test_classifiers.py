@@ -368,6 +368,31 @@ def test_registry_contract():
     assert method_needs("fsa") >= {"fmap", "cam"} and "fmap" not in method_needs("crt")
 
 
+# Defaults taken from the reference code where the paper is silent (README, "Defaults and their
+# sources"): classifier-balancing config/ImageNet_LT cls_crt / cls_lws (f162ade), H2T
+# config/cifar100 imb001 stage2 (3dafa70), FFN cifar_train_classifier.py (2a242ae),
+# LTR-weight-balancing demo2_second-stage-training.py (e89f292).
+REFERENCE_DEFAULTS = {
+    "crt": {"epochs": 10, "batch_size": 512, "lr": 0.2, "weight_decay": 5e-4,
+            "momentum": 0.9, "lr_min": 0.0, "epoch_samples": "data"},
+    "lws": {"epochs": 5, "batch_size": 512, "lr": 0.2, "weight_decay": 5e-4},
+    "h2t": {"epochs": 10, "batch_size": 128, "lr": 0.1 * 0.2, "weight_decay": 5e-4,
+            "rho": 0.25},
+    "bwlm": {"lam": 0.1, "decay": "sgd", "iterations": 10 * 170, "batch_size": 64, "lr": 0.01},
+}
+
+
+@pytest.mark.parametrize("method", sorted(REFERENCE_DEFAULTS))
+def test_defaults_are_the_reference_codes(method):
+    defaults = method_defaults(method)
+    for key, want in REFERENCE_DEFAULTS[method].items():
+        assert defaults[key] == pytest.approx(want) if isinstance(want, float) \
+            else defaults[key] == want, key
+    from ltpipe.classifiers.ffn import VARIANT_DEFAULTS
+    assert VARIANT_DEFAULTS["reference"] == {"lr": 0.002, "sampler": "class_balanced",
+                                             "weight_decay": 1e-4}
+
+
 def test_unknown_setting_names_the_key():
     with pytest.raises(LtpipeError, match=r"method 'h2t': setting 'rho' = 1.5 .*\[0, 1\]"):
         run_method("h2t", [synth()], {"rho": 1.5}, 0)

@@ -237,3 +237,45 @@ def test_dry_run_jobs_are_the_right_ones(name, dry_runs):
         caches = re.findall(rf"/if{re.escape(wc['imb'])}/s\d+/([^/]+)/t{wc['seed']}/cache\.",
                             j["input"])
         assert caches == cfg["classifiers"][wc["classifier"]]["backbones"], (name, wc)
+
+
+# ------------------------------------------------------------------ schedules against sources
+def _reference_factor(epoch: int, decays: list[tuple[int, float]]) -> float:
+    """The lr factor the reference's adjust_learning_rate sets at 0-based ``epoch``: a 5-epoch
+    linear warm-up (e + 1) / 5, then the factor of the last decay epoch reached (absolute, not
+    compounded), written out from the code's ``if epoch > N`` chain with ``epoch + 1``."""
+    e1 = epoch + 1
+    if e1 <= 5:
+        return e1 / 5
+    factor = 1.0
+    for start, f in decays:
+        if e1 > start:
+            factor = f
+    return factor
+
+
+# FFN: zxsong999/Feature-Fusion-Network.pytorch cifar_train.py adjust_learning_rate (2a242ae);
+# LDAM-DRW: kaidic/LDAM-DRW cifar_train.py adjust_learning_rate (2536330).
+REFERENCE_SCHEDULES = {
+    ("cifar100_lt", "ce_mixup"): [(160, 0.01)],
+    ("cifar100_lt", "kps_mixup"): [(160, 0.01)],
+    ("cifar10_lt", "ce_mixup"): [(160, 0.1), (180, 0.01)],
+    ("cifar10_lt", "kps_mixup"): [(160, 0.1), (180, 0.01)],
+    ("cifar100_lt", "ldam_drw"): [(160, 0.01), (180, 0.0001)],
+    ("cifar10_lt", "ldam_drw"): [(160, 0.01), (180, 0.0001)],
+}
+
+
+@pytest.mark.parametrize("preset, backbone", sorted(REFERENCE_SCHEDULES))
+def test_preset_schedules_follow_the_reference_per_epoch(preset, backbone):
+    from ltpipe.train.recipe import normalize_recipe
+    from ltpipe.train.schedules import recipe_lr
+
+    recipe = dict(load(preset)["backbones"][backbone])
+    for key in ("seeds", "datasets"):
+        recipe.pop(key, None)
+    recipe = normalize_recipe(recipe)
+    steps = 7  # any number of steps per epoch: the lr at an epoch's first step
+    for epoch in range(recipe["epochs"]):
+        want = recipe["lr"] * _reference_factor(epoch, REFERENCE_SCHEDULES[(preset, backbone)])
+        assert recipe_lr(recipe, epoch * steps, steps) == pytest.approx(want), epoch
