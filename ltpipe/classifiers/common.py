@@ -1,6 +1,7 @@
 """Pieces shared by the classifier-stage methods: tensors from ``Features``, heads, scoring.
 
-Heads here are stage-two heads: they carry their own output scale so that ``head(pooled)``
+Heads here (``ScaledLinearHead``, ``ScaledCosineHead``; named apart from the stage-one heads of
+``ltpipe.models.heads``) carry their own output scale so that ``head(pooled)``
 reproduces the cached logits of the stage-one head (logits = logit_scale * head(pooled)), and
 new heads are initialized from a seeded ``torch.Generator`` (no global RNG).
 """
@@ -32,7 +33,7 @@ def train_tensors(feat: Features, key: str, method: str,
     return x, y
 
 
-class LinearHead(nn.Module):
+class ScaledLinearHead(nn.Module):
     """z = scale * (x W^T + b); ``bias`` may be absent."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, scale: float = 1.0):
@@ -48,7 +49,7 @@ class LinearHead(nn.Module):
         return self.scale * z
 
 
-class CosineHead(nn.Module):
+class ScaledCosineHead(nn.Module):
     """z = scale * <x, w_j / ||w_j||>, with x L2-normalized too unless ``normalize_input`` is off.
 
     With ``normalize_input=False`` the caller passes inputs that are already combinations of
@@ -82,9 +83,9 @@ def new_head(kind: str, num_classes: int, dim: int, generator: torch.Generator,
     w = random_weight(num_classes, dim, generator, device)
     if kind == "linear":
         b = (2 * torch.rand(num_classes, generator=generator, device=device) - 1) / dim**0.5
-        return LinearHead(w, b, scale)
+        return ScaledLinearHead(w, b, scale)
     if kind == "cosine":
-        return CosineHead(w, scale)
+        return ScaledCosineHead(w, scale)
     raise LtpipeError(f"unknown head kind {kind!r}; expected 'linear' or 'cosine'")
 
 
@@ -92,9 +93,9 @@ def stage_one_head(feat: Features, device: torch.device) -> nn.Module:
     """A trainable copy of the stage-one head; ``head(pooled)`` equals the cached logits."""
     w = as_tensor(feat.head_weight, device)
     if feat.head_kind == "cosine":
-        return CosineHead(w, feat.logit_scale)
+        return ScaledCosineHead(w, feat.logit_scale)
     b = as_tensor(feat.head_bias, device) if feat.head_bias is not None else None
-    return LinearHead(w, b, feat.logit_scale)
+    return ScaledLinearHead(w, b, feat.logit_scale)
 
 
 @torch.no_grad()
@@ -122,9 +123,9 @@ def score_splits(feat: Features, key: str, method: str, device: torch.device,
         if transform is not None:
             x = transform(x)
         out[split] = predict(model, x)
-    if isinstance(model, (LinearHead, CosineHead)):
+    if isinstance(model, (ScaledLinearHead, ScaledCosineHead)):
         w = model.weight.detach().float()
-        if isinstance(model, CosineHead):
+        if isinstance(model, ScaledCosineHead):
             w = F.normalize(w, dim=1)
         out["head_weight"] = (model.scale * w).cpu().numpy()
     return out

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ltpipe.classifiers.common import (
-    CosineHead,
+    ScaledCosineHead,
     as_tensor,
     make_loss,
     new_head,
@@ -93,7 +93,7 @@ def run(inputs: list, settings: dict, seed: int, device: torch.device) -> dict[s
 
     x, y = fused("train"), as_tensor(kps.train["labels"], device, torch.long)
     if ref:
-        head = CosineHead(as_tensor(kps.head_weight, device), normalize_input=False)
+        head = ScaledCosineHead(as_tensor(kps.head_weight, device), normalize_input=False)
     else:
         head = new_head("cosine", kps.num_classes, x.shape[1], gen, device)
     loss = make_loss("ldam", kps.class_counts, device, max_m=settings["max_m"],
