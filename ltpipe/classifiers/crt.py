@@ -24,17 +24,19 @@ from ltpipe.classifiers.trainer import (
     trainer_settings,
 )
 
-SETTINGS = trainer_settings(
-    epochs=10,                 # Kang et al.: 10
-    epoch_samples="data",      # one epoch = N samples, as the reference's loop
-    batch_size=512,            # reference ImageNet-LT config: 512
-    lr=0.2,                    # reference ImageNet-LT config: 0.2
-    lr_min=0.0,                # cosine to 0 (reference)
-    schedule="cosine",
-    momentum=0.9,
-    weight_decay=5e-4,         # reference ImageNet-LT config: 5e-4
-    sampler="class_balanced",  # Kang et al.: class-balanced sampling
-)
+# The reference's ImageNet-LT classifier stage, shared by cRT and LWS (cls_crt.yaml and
+# cls_lws.yaml differ only in the number of epochs).
+KANG_IMAGENET_LT = {
+    "epoch_samples": "data",      # one epoch = N samples, as the reference's loop
+    "batch_size": 512,
+    "lr": 0.2,
+    "lr_min": 0.0,                # cosine to 0
+    "schedule": "cosine",
+    "momentum": 0.9,
+    "weight_decay": 5e-4,         # LWS: on the scales too
+    "sampler": "class_balanced",  # Kang et al.: class-balanced sampling
+}
+SETTINGS = trainer_settings(epochs=10, **KANG_IMAGENET_LT)  # Kang et al.: 10 epochs
 NEEDS = {"pooled"}
 NUM_BACKBONES = 1
 

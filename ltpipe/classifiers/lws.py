@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ltpipe.classifiers.common import make_loss, score_splits, train_tensors
+from ltpipe.classifiers.crt import KANG_IMAGENET_LT
 from ltpipe.classifiers.trainer import (
     TrainConfig,
     make_generator,
@@ -22,17 +23,7 @@ from ltpipe.classifiers.trainer import (
     trainer_settings,
 )
 
-SETTINGS = trainer_settings(
-    epochs=5,                  # Kang et al.: 5
-    epoch_samples="data",      # one epoch = N samples, as the reference's loop
-    batch_size=512,            # reference ImageNet-LT config: 512
-    lr=0.2,                    # reference ImageNet-LT config: 0.2
-    lr_min=0.0,                # cosine to 0 (reference)
-    schedule="cosine",
-    momentum=0.9,
-    weight_decay=5e-4,         # reference: 5e-4, applied to the scales too
-    sampler="class_balanced",  # Kang et al.: class-balanced sampling
-)
+SETTINGS = trainer_settings(epochs=5, **KANG_IMAGENET_LT)  # Kang et al.: 5 epochs
 NEEDS = {"logits"}
 NUM_BACKBONES = 1
 
