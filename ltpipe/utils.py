@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -171,3 +172,9 @@ def seed_everything(seed: int) -> None:
     except ImportError:  # pragma: no cover
         return
     torch.manual_seed(seed)
+
+
+def cosine_decay(progress: float, start: float, end: float = 0.0) -> float:
+    """Half-cosine from ``start`` (progress 0) to ``end`` (progress 1): the lr schedule of both
+    stages (stage one per fractional epoch after warm-up, the classifier stage per step)."""
+    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * progress))

@@ -20,7 +20,7 @@ from torch import nn
 
 from ltpipe.data.samplers import LabelSampler
 from ltpipe.settings import Setting, choice, number, resolve_settings
-from ltpipe.utils import LtpipeError
+from ltpipe.utils import LtpipeError, cosine_decay
 
 # augment(batch_idx, x, y, generator) -> (x_batch, y_batch); batch_idx is None with sampler None
 Augment = Callable[[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Generator],
@@ -107,7 +107,7 @@ class TrainConfig:
         """Learning rate of step ``step`` (0-based) out of ``total``."""
         if self.schedule == "constant" or total <= 1:
             return self.lr
-        return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1 + math.cos(math.pi * step / total))
+        return cosine_decay(step / total, self.lr, self.lr_min)
 
 
 class MomentumSGD:

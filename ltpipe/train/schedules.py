@@ -15,12 +15,11 @@ has at step k. At integer epochs the values equal those of the LDAM-DRW referenc
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Sequence
 
 import torch
 
-from ltpipe.utils import LtpipeError
+from ltpipe.utils import LtpipeError, cosine_decay
 
 
 def lr_at(epoch: float, *, base_lr: float, epochs: int, schedule: str = "multistep",
@@ -34,7 +33,7 @@ def lr_at(epoch: float, *, base_lr: float, epochs: int, schedule: str = "multist
     if schedule == "cosine":
         span = epochs - warmup_epochs
         progress = 1.0 if span <= 0 else min(1.0, (epoch - warmup_epochs) / span)
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return cosine_decay(progress, base_lr)
     raise LtpipeError(f"unknown lr schedule {schedule!r}: expected 'multistep' or 'cosine'; "
                       "fix the recipe's 'schedule'")
 
