@@ -238,7 +238,8 @@ def write_summary(metric_paths: list[str], csv_path: str, md_path: str) -> list[
     text = ("# ltpipe results\n\nTop-1 accuracy (%) on the balanced test set; mean ± sample std "
             "over split and training seeds where there are several. No hyper-parameter was "
             "selected on the test set: every sweep point is its own row.\n\n"
-            + method_section(rows) + markdown_table(rows) + chosen_section(rows)
+            + (methods + "\n## Every job\n\n" if (methods := method_section(rows)) else "")
+            + markdown_table(rows) + chosen_section(rows)
             + inert_section(inert))
     with atomic_path(md_path) as tmp:
         Path(tmp).write_text(text)
