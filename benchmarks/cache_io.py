@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ltpipe.cache import CacheWriter, open_cache  # noqa: E402
-from ltpipe.cache.store import checksum_function, default_checksum  # noqa: E402
+from ltpipe.cache.format import checksum_function, default_checksum  # noqa: E402
 
 BATCH = 256
 #: (label, backend, compression, level); "numpy" is the baseline, "numpy+crc" adds the per-chunk

@@ -252,7 +252,7 @@ def test_train_interrupted_resumes_to_identical_weights(stage1, hook_dir, tmp_pa
 # ---------------------------------------------------------------------- dump killed part-way
 def test_dump_killed_leaves_nothing_and_reruns(stage1, hook_dir, tmp_path, caplog):
     from ltpipe.cache import open_cache, verify_cache
-    from ltpipe.cache.store import CacheError
+    from ltpipe.cache.format import CacheError
 
     out = tmp_path / "cache.zarr"
     mark, release = tmp_path / "mark", tmp_path / "release"

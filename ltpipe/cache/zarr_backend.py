@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ltpipe.cache.rawio import empty_aligned, pread_into
 from ltpipe.utils import LtpipeError
 
 #: compression name -> (zarr v3 codec name, its configuration without level and typesize)
@@ -59,7 +60,7 @@ def _fill_value(dtype: np.dtype) -> Any:
 
 def _array_meta(shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int,
                 compressor: dict | None) -> dict[str, Any]:
-    """zarr v3 metadata of an array sharded along axis 0 as ZarrWriter writes it."""
+    """zarr v3 metadata of an array sharded along axis 0 as Writer writes it."""
     tail = list(shape[1:])
     inner = [_bytes_codec(dtype)] + ([compressor] if compressor else [])
     return {
@@ -122,7 +123,7 @@ class _Shard:
     offset: int = 0
 
 
-class ZarrWriter:
+class Writer:
     """Writes arrays under a temporary zarr v3 directory; see :class:`ltpipe.cache.CacheWriter`.
 
     Writes the zarr metadata itself (zarr is not imported). Chunks go to their shard file as
@@ -274,8 +275,6 @@ class _FastArray:
                 os.close(fd)
 
     def _read_shard(self, fd: int, shard: int, start: int, stop: int, out: np.ndarray) -> None:
-        from ltpipe.cache.reader import pread_into
-
         nidx = 16 * self.per_shard
         size = os.fstat(fd).st_size
         raw = os.pread(fd, nidx + 4, size - nidx - 4) if size >= nidx + 4 else b""
@@ -312,8 +311,14 @@ class _FastArray:
                                            and (wanted[:, 1] == chunk_bytes).all())
 
 
-class ZarrReader:
-    """Reads a committed zarr cache; see :class:`ltpipe.cache.store.CacheReader`."""
+def read_manifest(path: Path) -> str | None:
+    """The text of ``manifest.json`` (written last), or None where there is none yet."""
+    file = Path(path) / "manifest.json"
+    return file.read_text() if file.is_file() else None
+
+
+class Reader:
+    """Reads a committed zarr cache; see :class:`ltpipe.cache.reader.CacheReader`."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -335,6 +340,7 @@ class ZarrReader:
         return self._zarr[key]
 
     def block_rows(self, key: str) -> int:
+        """Rows per read block: one shard."""
         fast = self._array(key)
         return fast.shard_rows if fast else max(1, (self._slow(key).shards or
                                                     self._slow(key).chunks or (1,))[0])
@@ -342,28 +348,28 @@ class ZarrReader:
     def read_range(self, key: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of ``key`` (the value itself for a 0-d array)."""
         fast = self._array(key)
-        if fast is not None:
-            from ltpipe.cache.reader import empty_aligned
+        shape, dtype = (fast.shape, fast.dtype) if fast else self.meta(key)
+        if not shape:
+            return np.asarray(self._slow(key)[...])
+        out = empty_aligned((stop - start, *shape[1:]), dtype)
+        self.read_into(key, start, stop, out)
+        return out
 
-            out = empty_aligned((stop - start, *fast.shape[1:]), fast.dtype)
+    def read_into(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
+        """Fill ``out`` (C-contiguous) with rows ``start:stop``; uncompressed shards: no copy."""
+        fast = self._array(key)
+        if fast is not None:
             fast.read_into(start, stop, out)
-            return out
-        arr = self._slow(key)
-        return np.asarray(arr[...] if arr.ndim == 0 else arr[start:stop])
+        elif stop > start:
+            out[...] = self._slow(key)[start:stop]
 
     def meta(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
         """Shape and dtype as stored on disk."""
         meta = json.loads((self.root / key / "zarr.json").read_text())
         return tuple(meta["shape"]), np.dtype(meta["data_type"]).newbyteorder("<")
 
-    def chunks(self, key: str) -> list[int]:
-        meta = json.loads((self.root / key / "zarr.json").read_text())
-        codecs = meta.get("codecs", [])
-        if codecs and codecs[0].get("name") == "sharding_indexed":
-            return list(codecs[0]["configuration"]["chunk_shape"])
-        return list(meta["chunk_grid"]["configuration"]["chunk_shape"])
-
     def close(self) -> None:
+        """Forget the arrays' metadata (no file stays open between reads)."""
         self._fast.clear()
         self._zarr.clear()
 
