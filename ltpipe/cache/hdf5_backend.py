@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ltpipe.cache.rawio import empty_aligned, pread_into
+from ltpipe.cache.rawio import pread_into
 from ltpipe.utils import LtpipeError
 
 #: compression name -> h5py ``compression`` argument (gzip takes the level, lzf none)
@@ -121,18 +121,13 @@ class Reader:
         ds = self._file[key]
         return max(1, (ds.chunks or ds.shape or (1,))[0]) * CHUNKS_PER_BLOCK
 
-    def read_range(self, key: str, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` of ``key`` (the value itself for a 0-d dataset)."""
+    def read_into(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
+        """Fill ``out`` (C-contiguous) with rows ``start:stop`` (a 0-d ``out``: the value);
+        raw chunks are read straight into it."""
         ds = self._file[key]
         if ds.ndim == 0:
-            return np.asarray(ds[()])
-        out = empty_aligned((stop - start, *ds.shape[1:]), ds.dtype)
-        self.read_into(key, start, stop, out)
-        return out
-
-    def read_into(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
-        """Fill ``out`` (C-contiguous) with rows ``start:stop``; raw chunks: no copy."""
-        ds = self._file[key]
+            out[...] = ds[()]
+            return
         if stop <= start:
             return
         table = self._chunk_table(key, ds)

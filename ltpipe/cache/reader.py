@@ -2,7 +2,7 @@
 
 :func:`open_cache` refuses anything without a complete manifest of the format version this code
 writes, and checks the manifest values a job expects. Whole-array and row-range reads go through
-the backend's ``read_range``, which fills one preallocated array straight from the files.
+the backend's ``read_into``, which fills one preallocated array straight from the files.
 """
 
 from __future__ import annotations
@@ -76,16 +76,23 @@ class CacheReader:
         key, entry = self._entry(group, name)
         shape = tuple(entry["shape"])
         if not shape:
-            return self._impl.read_range(key, 0, 0)
+            return self._range(key, 0, 0)
         n = shape[0]
         if rows is None:
             return self._read_checked(key, entry)
         if isinstance(rows, slice):
             start, stop, step = rows.indices(n)
             if step == 1:
-                return self._impl.read_range(key, start, max(start, stop))
+                return self._range(key, start, max(start, stop))
             rows = np.arange(start, stop, step)
         return self._gather(key, shape, _row_indices(key, rows, n))
+
+    def _range(self, key: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of ``key`` (its value for a 0-d array), unchecked."""
+        shape, dtype = self._arrays[key]["shape"], self._arrays[key]["dtype"]
+        out = empty_aligned((stop - start, *shape[1:]) if shape else (), dtype)
+        self._impl.read_into(key, start, stop, out)
+        return out
 
     def _read_checked(self, key: str, entry: dict) -> np.ndarray:
         """The whole array, if every chunk matches the manifest's checksum.
@@ -132,7 +139,7 @@ class CacheReader:
         while pos < len(uniq):  # one contiguous read per block that holds selected rows
             end = int(np.searchsorted(uniq, (uniq[pos] // block + 1) * block))
             lo, hi = int(uniq[pos]), int(uniq[end - 1]) + 1
-            out[pos:end] = self._impl.read_range(key, lo, hi)[uniq[pos:end] - lo]
+            out[pos:end] = self._range(key, lo, hi)[uniq[pos:end] - lo]
             pos = end
         return out[inverse.reshape(-1)]
 
@@ -142,13 +149,13 @@ class CacheReader:
         key, entry = self._entry(group, name)
         shape = tuple(entry["shape"])
         if not shape:
-            yield self._impl.read_range(key, 0, 0)
+            yield self._range(key, 0, 0)
             return
         step = int(rows_per_chunk or self._impl.block_rows(key))
         if step < 1:
             raise LtpipeError(f"rows_per_chunk must be >= 1, got {rows_per_chunk}")
         for start in range(0, shape[0], step):
-            yield self._impl.read_range(key, start, min(shape[0], start + step))
+            yield self._range(key, start, min(shape[0], start + step))
 
     def stored(self, group: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
         """Shape and dtype of ``group/name`` as the backend's files hold them (for verifying)."""
