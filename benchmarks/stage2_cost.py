@@ -218,9 +218,9 @@ def crt_reference(run: Run, backbone: str, device: str, threads: int) -> tuple[f
     from ltpipe.classifiers.common import new_head
     from ltpipe.classifiers.trainer import TrainConfig, make_generator
     from ltpipe.data import read_split, split_data
+    from ltpipe.data.batches import normalize_nchw
     from ltpipe.data.samplers import LabelSampler
-    from ltpipe.train.inputs import normalize_nchw
-    from ltpipe.train.stage1 import load_checkpoint
+    from ltpipe.models.modelfile import load_checkpoint
 
     torch.set_num_threads(threads)
     cfg = TrainConfig.from_settings(merge_settings("crt", {}))

@@ -252,7 +252,7 @@ def test_train_interrupted_resumes_to_identical_weights(stage1, hook_dir, tmp_pa
 # ---------------------------------------------------------------------- dump killed part-way
 def test_dump_killed_leaves_nothing_and_reruns(stage1, hook_dir, tmp_path, caplog):
     from ltpipe.cache import open_cache, verify_cache
-    from ltpipe.cache.store import CacheError
+    from ltpipe.cache.format import CacheError
 
     out = tmp_path / "cache.zarr"
     mark, release = tmp_path / "mark", tmp_path / "release"
@@ -265,7 +265,7 @@ def test_dump_killed_leaves_nothing_and_reruns(stage1, hook_dir, tmp_path, caplo
                             env=env)
     _wait_for(mark, proc)
     tmps = list(tmp_path.glob(".cache.zarr.tmp-*"))
-    assert len(tmps) == 1 and any(tmps[0].rglob("c/*")), "the dump had not started writing"
+    assert len(tmps) == 1 and any(tmps[0].rglob("c.*")), "the dump had not started writing"
     proc.kill()
     proc.wait(60)
     assert not out.exists(), "a killed dump left something at the final path"
@@ -289,7 +289,7 @@ def test_dump_killed_leaves_nothing_and_reruns(stage1, hook_dir, tmp_path, caplo
 # ------------------------------------------------------------------- corrupted cache on disk
 def _corrupt(cache: Path, backend: str) -> None:
     if backend == "zarr":
-        shard = cache / "train" / "pooled" / "c" / "0" / "0"
+        shard = cache / "train" / "pooled" / "c.0.0"
         data = bytearray(shard.read_bytes())
         mid = len(data) // 3
         data[mid:mid + 16] = bytes(b ^ 0xFF for b in data[mid:mid + 16])

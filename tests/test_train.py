@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltpipe.train.augment import apply_crop_flip, augment_batch, draw_crop_flip, draw_mixup, mix
+from ltpipe.data.augment import apply_crop_flip, augment_batch, draw_crop_flip, draw_mixup, mix
 from ltpipe.train.schedules import lr_at
 from ltpipe.train.stage1 import (
     TrainingInterrupted,
@@ -325,7 +325,7 @@ def test_cosine_schedule_endpoints():
 
 def test_eval_batches_in_memory_known_answer():
     from ltpipe.data import InMemoryData
-    from ltpipe.train.inputs import compute_normalization, eval_batches
+    from ltpipe.data.batches import compute_normalization, eval_batches
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
@@ -346,7 +346,7 @@ def test_file_list_batches(tmp_path):
     from PIL import Image
 
     from ltpipe.data import FileListData
-    from ltpipe.train.inputs import TrainBatches, compute_normalization, eval_batches
+    from ltpipe.data.batches import TrainBatches, compute_normalization, eval_batches
 
     rng = np.random.default_rng(0)
     for i in range(5):

@@ -43,7 +43,7 @@ def dump_cache(split_path: str | Path, model_path: str | Path, out_path: str | P
 
     from ltpipe.cache import CacheWriter
     from ltpipe.data import read_split, split_data
-    from ltpipe.train.stage1 import load_checkpoint
+    from ltpipe.models.modelfile import load_checkpoint
 
     split = read_split(split_path)
     model, meta = load_checkpoint(model_path, device=device)
@@ -129,7 +129,7 @@ def _append_batch(writer, group: str, model, x, y, ids, scale: float, fmap_dtype
 
 def _write_part(writer, part, model, data, meta, scale, fmap_dtype, settings, device,
                 head_w) -> int:
-    from ltpipe.train.inputs import eval_batches
+    from ltpipe.data.batches import eval_batches
 
     created: dict = {}
     n_total = len(data.labels)
@@ -141,7 +141,7 @@ def _write_part(writer, part, model, data, meta, scale, fmap_dtype, settings, de
 
 def _write_augmented(writer, model, data, meta, scale, fmap_dtype, settings, device, head_w,
                      views: int, log) -> None:
-    from ltpipe.train.inputs import augmented_batches
+    from ltpipe.data.batches import augmented_batches
 
     created: dict = {}
     n_total = len(data.labels) * views

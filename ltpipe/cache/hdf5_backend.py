@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ltpipe.cache.rawio import pread_into
 from ltpipe.utils import LtpipeError
 
 #: compression name -> h5py ``compression`` argument (gzip takes the level, lzf none)
@@ -25,7 +26,7 @@ MANIFEST_ATTR = "ltpipe_manifest"
 COMPLETE_ATTR = "ltpipe_complete"
 
 
-class Hdf5Writer:
+class Writer:
     """Writes datasets into a temporary HDF5 file; see :class:`ltpipe.cache.CacheWriter`."""
 
     def __init__(self, path: Path, compression: str, level: int, chunk_mb: float) -> None:
@@ -71,6 +72,7 @@ class Hdf5Writer:
         self._file.create_dataset(key, data=array)
 
     def chunks(self, key: str) -> list[int]:
+        """The chunk shape of ``key`` (its shape when not chunked)."""
         return list(self._file[key].chunks or self._file[key].shape)
 
     def finish(self, key: str, rows: int) -> None:
@@ -91,7 +93,19 @@ class Hdf5Writer:
             self._file.close()
 
 
-class Hdf5Reader:
+def read_manifest(path: Path) -> str | None:
+    """The manifest string, or None unless the file is marked complete."""
+    import h5py
+
+    with h5py.File(path, "r") as file:
+        attrs = file.attrs
+        if not bool(attrs.get(COMPLETE_ATTR, False)) or MANIFEST_ATTR not in attrs:
+            return None
+        value = attrs[MANIFEST_ATTR]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Reader:
     """Reads a committed HDF5 cache; see :class:`ltpipe.cache.reader.CacheReader`."""
 
     def __init__(self, path: Path) -> None:
@@ -102,35 +116,25 @@ class Hdf5Reader:
         self._fd: int | None = None
         self._tables: dict[str, np.ndarray | None] = {}
 
-    def manifest_json(self) -> str | None:
-        """The manifest string, or None unless the file is marked complete."""
-        attrs = self._file.attrs
-        if not bool(attrs.get(COMPLETE_ATTR, False)) or MANIFEST_ATTR not in attrs:
-            return None
-        value = attrs[MANIFEST_ATTR]
-        return value.decode() if isinstance(value, bytes) else str(value)
-
     def block_rows(self, key: str) -> int:
         """Rows per read block: ``CHUNKS_PER_BLOCK`` chunks."""
         ds = self._file[key]
         return max(1, (ds.chunks or ds.shape or (1,))[0]) * CHUNKS_PER_BLOCK
 
-    def read_range(self, key: str, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` of ``key`` (the value itself for a 0-d dataset)."""
+    def read_into(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
+        """Fill ``out`` (C-contiguous) with rows ``start:stop`` (a 0-d ``out``: the value);
+        raw chunks are read straight into it."""
         ds = self._file[key]
         if ds.ndim == 0:
-            return np.asarray(ds[()])
-        from ltpipe.cache.reader import empty_aligned
-
-        out = empty_aligned((stop - start, *ds.shape[1:]), ds.dtype)
+            out[...] = ds[()]
+            return
         if stop <= start:
-            return out
+            return
         table = self._chunk_table(key, ds)
         if table is None or (table[start // ds.chunks[0]:(stop - 1) // ds.chunks[0] + 1] < 0).any():
             ds.read_direct(out, source_sel=np.s_[start:stop])
         else:
             self._read_raw(table, ds.chunks[0], start, stop, out)
-        return out
 
     def _chunk_table(self, key: str, ds: Any) -> np.ndarray | None:
         """File offset of every chunk (-1: not allocated), or None if chunks need HDF5 to read."""
@@ -158,8 +162,6 @@ class Hdf5Reader:
     def _read_raw(self, table: np.ndarray, chunk_rows: int, start: int, stop: int,
                   out: np.ndarray) -> None:
         """One ``preadv`` per run of chunks that lie back to back in the file."""
-        from ltpipe.cache.reader import pread_into
-
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
         row_bytes = out[:1].nbytes
@@ -176,11 +178,6 @@ class Hdf5Reader:
         """Shape and dtype as stored on disk."""
         ds = self._file[key]
         return tuple(ds.shape), ds.dtype
-
-    def chunks(self, key: str) -> list[int]:
-        """The chunk shape of ``key`` (its shape when not chunked)."""
-        ds = self._file[key]
-        return list(ds.chunks or ds.shape)
 
     def close(self) -> None:
         """Close the file and the raw reading handle."""

@@ -2,62 +2,33 @@
 
 :func:`open_cache` refuses anything without a complete manifest of the format version this code
 writes, and checks the manifest values a job expects. Whole-array and row-range reads go through
-the backend's ``read_range``, which fills one preallocated array straight from the files.
+the backend's ``read_into``, which fills one preallocated array straight from the files.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ltpipe.cache.store import (
+from ltpipe.cache.format import (
     CACHE_FORMAT_VERSION,
     FIX,
     CacheError,
     backend_module,
-    checksum_function,
+    bad_chunks,
+    describe_bad_chunks,
     detect_backend,
     manifest_sha256,
     read_manifest,
 )
+from ltpipe.cache.rawio import empty_aligned
 from ltpipe.utils import LtpipeError, _json_default
-
-
-def empty_aligned(shape: tuple[int, ...], dtype: Any, align: int = 4096) -> np.ndarray:
-    """``np.empty`` whose data starts on an ``align``-byte boundary (for arrays of 64 KiB on).
-
-    numpy's large allocations start 16 bytes past a page boundary, and the kernel copies page
-    cache pages into such a buffer about 3x slower than into an aligned one (measured with
-    ``preadv`` on this project's machines), which alone halves whole-array read speed.
-    """
-    dtype = np.dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < 1 << 16:
-        return np.empty(shape, dtype)
-    raw = np.empty(nbytes + align, np.uint8)
-    start = -raw.ctypes.data % align
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
-
-
-def pread_into(fd: int, dst: np.ndarray | memoryview, offset: int) -> None:
-    """Fill ``dst`` (a contiguous buffer) with the file's bytes from ``offset``; no copies."""
-    view = memoryview(dst).cast("B")
-    done = 0
-    while done < len(view):
-        if hasattr(os, "preadv"):
-            got = os.preadv(fd, [view[done:]], offset + done)
-        else:  # pragma: no cover - platforms without preadv
-            os.lseek(fd, offset + done, os.SEEK_SET)
-            got = os.readv(fd, [view[done:]])
-        if got <= 0:
-            raise OSError(f"file ends {len(view) - done} bytes early at offset {offset + done}")
-        done += got
 
 
 class CacheReader:
@@ -65,13 +36,12 @@ class CacheReader:
 
     def __init__(self, path: Path, backend: str, manifest: dict) -> None:
         self.path, self.backend, self.manifest = path, backend, manifest
-        mod = backend_module(backend)
-        self._impl = mod.ZarrReader(path) if backend == "zarr" else mod.Hdf5Reader(path)
+        self._impl = backend_module(backend).Reader(path)
         self._arrays: dict[str, dict] = manifest.get("arrays", {})
 
     @property
     def digest(self) -> str:
-        """The cache's digest (:func:`ltpipe.cache.store.manifest_sha256` of its manifest)."""
+        """The cache's digest (:func:`ltpipe.cache.format.manifest_sha256` of its manifest)."""
         return manifest_sha256(self.manifest)
 
     def groups(self) -> list[str]:
@@ -106,36 +76,60 @@ class CacheReader:
         key, entry = self._entry(group, name)
         shape = tuple(entry["shape"])
         if not shape:
-            return self._impl.read_range(key, 0, 0)
+            return self._range(key, 0, 0)
         n = shape[0]
         if rows is None:
-            return self._checked(key, entry, self._impl.read_range(key, 0, n))
+            return self._read_checked(key, entry)
         if isinstance(rows, slice):
             start, stop, step = rows.indices(n)
             if step == 1:
-                return self._impl.read_range(key, start, max(start, stop))
+                return self._range(key, start, max(start, stop))
             rows = np.arange(start, stop, step)
         return self._gather(key, shape, _row_indices(key, rows, n))
 
-    def _checked(self, key: str, entry: dict, array: np.ndarray) -> np.ndarray:
-        """``array`` (a whole-array read) if every chunk matches the manifest's checksum.
+    def _range(self, key: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of ``key`` (its value for a 0-d array), unchecked."""
+        shape, dtype = self._arrays[key]["shape"], self._arrays[key]["dtype"]
+        out = empty_aligned((stop - start, *shape[1:]) if shape else (), dtype)
+        self._impl.read_into(key, start, stop, out)
+        return out
 
-        CRC-32C runs at several GB/s, so a job pays little to never compute on a corrupted
-        cache; a mismatch raises ``CacheError`` naming the array and the chunks.
+    def _read_checked(self, key: str, entry: dict) -> np.ndarray:
+        """The whole array, if every chunk matches the manifest's checksum.
+
+        A worker thread reads one storage block after the other into the output (file reads
+        release the GIL) while this thread checksums the blocks already read, so the CRC-32C
+        costs little more than the read itself; a mismatch raises ``CacheError`` naming the
+        array and the chunks.
         """
+        shape = tuple(entry["shape"])
+        out = empty_aligned(shape, entry["dtype"])
         spec = entry.get("checksum") or {}
-        size, values = int(spec.get("chunk_rows", 0)), spec.get("values", [])
-        if size <= 0 or not values:
-            return array
-        checksum = checksum_function(str(spec.get("algorithm")))
-        bad = [i for i, v in enumerate(values) if checksum(array[i * size:(i + 1) * size]) != v]
+        size, n = int(spec.get("chunk_rows", 0)), shape[0]
+        if size <= 0 or not spec.get("values"):
+            self._impl.read_into(key, 0, n, out)
+            return out
+        if len(spec["values"]) != -(-n // size):
+            raise CacheError(f"{key} in {self.path}: the manifest has {len(spec['values'])} "
+                             f"checksums for {n} rows in chunks of {size}; {FIX}")
+        step = size * max(1, self._impl.block_rows(key) // size)
+        spans = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+        bad: list[int] = []
+        with ThreadPoolExecutor(1, thread_name_prefix="cache-read") as pool:
+            pending = [pool.submit(self._impl.read_into, key, lo, hi, out[lo:hi])
+                       for lo, hi in spans]
+            try:
+                for (lo, hi), done in zip(spans, pending):
+                    done.result()
+                    bad += bad_chunks(spec, out[lo:hi], lo // size)
+            finally:
+                for later in pending:
+                    later.cancel()
         if bad:
-            shown = ", ".join(f"{i} (rows {i * size}:{min((i + 1) * size, len(array))})"
-                              for i in bad[:5])
-            raise CacheError(f"{key} in {self.path}: chunk(s) {shown}"
-                             f"{' and more' if len(bad) > 5 else ''} fail their "
-                             f"{spec.get('algorithm')} checksum: the cache is corrupted; {FIX}")
-        return array
+            raise CacheError(f"{key} in {self.path}: "
+                             f"{describe_bad_chunks(bad, size, n, spec['algorithm'])}: the cache "
+                             f"is corrupted; {FIX}")
+        return out
 
     def _gather(self, key: str, shape: tuple, idx: np.ndarray) -> np.ndarray:
         uniq, inverse = np.unique(idx, return_inverse=True)
@@ -145,7 +139,7 @@ class CacheReader:
         while pos < len(uniq):  # one contiguous read per block that holds selected rows
             end = int(np.searchsorted(uniq, (uniq[pos] // block + 1) * block))
             lo, hi = int(uniq[pos]), int(uniq[end - 1]) + 1
-            out[pos:end] = self._impl.read_range(key, lo, hi)[uniq[pos:end] - lo]
+            out[pos:end] = self._range(key, lo, hi)[uniq[pos:end] - lo]
             pos = end
         return out[inverse.reshape(-1)]
 
@@ -155,13 +149,17 @@ class CacheReader:
         key, entry = self._entry(group, name)
         shape = tuple(entry["shape"])
         if not shape:
-            yield self._impl.read_range(key, 0, 0)
+            yield self._range(key, 0, 0)
             return
         step = int(rows_per_chunk or self._impl.block_rows(key))
         if step < 1:
             raise LtpipeError(f"rows_per_chunk must be >= 1, got {rows_per_chunk}")
         for start in range(0, shape[0], step):
-            yield self._impl.read_range(key, start, min(shape[0], start + step))
+            yield self._range(key, start, min(shape[0], start + step))
+
+    def stored(self, group: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype of ``group/name`` as the backend's files hold them (for verifying)."""
+        return self._impl.meta(self._entry(group, name)[0])
 
     def close(self) -> None:
         """Release the backend's files."""

@@ -1,135 +1,42 @@
-"""The feature cache's writer, plus what the writer, reader and verifier share.
+"""The feature cache's writer: :class:`CacheWriter`.
 
 A cache holds arrays addressed as ``group/name`` (e.g. ``train/fmap``) plus a JSON manifest.
 :class:`CacheWriter` streams rows into a temporary sibling of the final path, one storage chunk
 (about ``chunk_mb`` MB of rows along axis 0) at a time, records a CRC-32C of every chunk's C-order
 bytes (cheap enough to cost a fraction of the write, and it lets :func:`ltpipe.cache.verify_cache`
 name the exact chunk that changed) and, on :meth:`CacheWriter.commit`, writes the manifest last
-and renames the whole cache into place. The reader lives in :mod:`ltpipe.cache.reader`; the
-backends (``zarr_backend``, ``hdf5_backend``) are imported only when used.
+and renames the whole cache into place. What the writer, reader and verifier share is in
+:mod:`ltpipe.cache.format`; the backends (``zarr_backend``, ``hdf5_backend``) are imported only
+when used.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import re
 import shutil
-import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ltpipe.cache.format import (
+    CACHE_FORMAT_VERSION,
+    backend_module,
+    checksum_function,
+    default_checksum,
+    detect_backend,
+    read_manifest,
+)
 from ltpipe.utils import LtpipeError, _json_default, tmp_sibling
 
-#: 2: per-chunk checksums (``checksum``) replace version 1's whole-array ``sha256``
-CACHE_FORMAT_VERSION = 2
-BACKENDS = ("zarr", "hdf5")
 RESERVED_KEYS = ("format_version", "backend", "arrays", "complete")
-FIX = "rerun the cache dump (snakemake --forcerun dump)"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-#: checksum algorithms a manifest may name; the first one available is used for writing
-CHECKSUMS = ("crc32c-per-chunk", "crc32-per-chunk")
 #: whole chunks handed to the backend per call (bounds the copy of a non-contiguous input)
 _CHUNKS_PER_PUT = 8
-
-
-class CacheError(LtpipeError):
-    """A cache is missing, incomplete, corrupted or not the one a job expects."""
-
-
-# ------------------------------------------------------------------- checksums
-def default_checksum() -> str:
-    """``crc32c-per-chunk`` where google-crc32c's C extension loads, else ``crc32-per-chunk``."""
-    try:
-        import google_crc32c
-    except ImportError:
-        return "crc32-per-chunk"
-    return "crc32c-per-chunk" if google_crc32c.implementation == "c" else "crc32-per-chunk"
-
-
-def checksum_function(algorithm: str) -> Callable[[np.ndarray], int]:
-    """The function ``array -> int`` that computes ``algorithm`` over an array's C-order bytes."""
-    if algorithm == "crc32c-per-chunk":
-        try:
-            import google_crc32c
-        except ImportError as err:
-            raise CacheError("this cache's checksums are CRC-32C, which needs the google-crc32c "
-                             "package; pip install 'google-crc32c>=1.5'") from err
-        fn = google_crc32c.value
-    elif algorithm == "crc32-per-chunk":
-        fn = zlib.crc32
-    else:
-        raise CacheError(f"checksum algorithm {algorithm!r} is unknown; expected one of "
-                         f"{list(CHECKSUMS)}. The cache was written by another ltpipe: {FIX}")
-    try:  # google_crc32c takes only buffers without a release hook: ndarrays yes, memoryviews no
-        fn(np.zeros(1, np.uint8))
-        direct = True
-    except TypeError:
-        direct = False
-
-    def checksum(array: np.ndarray) -> int:
-        data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-        return int(fn(data if direct else data.tobytes()))
-
-    return checksum
-
-
-# --------------------------------------------------------------- shared helpers
-def backend_module(name: str) -> Any:
-    """The backend module called ``name`` (imported on first use)."""
-    if name == "zarr":
-        from ltpipe.cache import zarr_backend as mod
-    elif name == "hdf5":
-        from ltpipe.cache import hdf5_backend as mod
-    else:
-        raise LtpipeError(f"cache backend {name!r} is unknown; choose one of {list(BACKENDS)}")
-    return mod
-
-
-def detect_backend(path: str | os.PathLike) -> str | None:
-    """'zarr' for a zarr directory, 'hdf5' for an HDF5 file, None for anything else."""
-    path = Path(path)
-    if path.is_dir():
-        return "zarr" if (path / "zarr.json").is_file() else None
-    if path.is_file():
-        with open(path, "rb") as fh:
-            return "hdf5" if fh.read(8) == b"\x89HDF\r\n\x1a\n" else None
-    return None
-
-
-def manifest_sha256(manifest: dict) -> str:
-    """The cache's digest: SHA-256 of its manifest as canonical JSON (sorted keys, no spaces).
-
-    The manifest holds a checksum of every chunk of every array besides the backbone's SHA-256,
-    the split's fingerprint and the dump settings, so equal digests mean equal caches (up to the
-    chunk checksums' strength); the arrays are not read again."""
-    blob = json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=_json_default)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def read_manifest(path: Path, kind: str) -> dict | None:
-    """The manifest if the cache is complete, else None."""
-    if kind == "zarr":
-        file = path / "manifest.json"
-        text = file.read_text() if file.is_file() else None
-    else:
-        from ltpipe.cache.hdf5_backend import Hdf5Reader
-
-        reader = Hdf5Reader(path)
-        try:
-            text = reader.manifest_json()
-        finally:
-            reader.close()
-    if text is None:
-        return None
-    manifest = json.loads(text)
-    return manifest if manifest.get("complete") is True else None
 
 
 def _is_complete(path: Path, kind: str) -> bool:
@@ -188,8 +95,7 @@ class CacheWriter:
         self._sum = checksum_function(self.checksum)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp_sibling(self.path)
-        self._impl = (mod.ZarrWriter if backend == "zarr" else mod.Hdf5Writer)(
-            self.tmp, compression, level, chunk_mb)
+        self._impl = mod.Writer(self.tmp, compression, level, chunk_mb)
         self._streams: dict[str, _Stream] = {}
         self._small: dict[str, dict[str, Any]] = {}
         self._pool: Any = None
@@ -393,11 +299,3 @@ def _entry(shape: tuple, dtype: np.dtype, chunks: list[int],
     return {"shape": [int(d) for d in shape], "dtype": np.dtype(dtype).str,
             "chunks": [int(c) for c in chunks], "checksum": checksum}
 
-
-def __getattr__(name: str) -> Any:
-    """``CacheReader`` and ``open_cache`` moved to :mod:`ltpipe.cache.reader`; old imports work."""
-    if name in ("CacheReader", "open_cache"):
-        from ltpipe.cache import reader
-
-        return getattr(reader, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

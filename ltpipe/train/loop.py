@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltpipe.train.augment import draw_mixup, mix
-from ltpipe.train.inputs import TrainBatches, compute_normalization, is_in_memory
+from ltpipe.data.augment import draw_mixup, mix
+from ltpipe.data.batches import TrainBatches, compute_normalization, is_in_memory
 from ltpipe.train.schedules import recipe_lr, set_lr
 from ltpipe.utils import LtpipeError, seed_everything
 
@@ -223,7 +223,7 @@ class Stage1Trainer:
     @torch.inference_mode()
     def evaluate(self, data: Any, batch_size: int) -> dict[str, float]:
         """Top-1 accuracy of the model's own head on ``data`` (no augmentation)."""
-        from ltpipe.train.inputs import eval_batches
+        from ltpipe.data.batches import eval_batches
 
         self.model.eval()
         correct = torch.zeros((), dtype=torch.int64, device=self.device)

@@ -148,7 +148,7 @@ def _progress_bar(epoch: int, epochs: int) -> Callable[[int, int], None] | None:
 
 def _training_data(split: Any, head_half: bool) -> tuple[Any, list[int]]:
     from ltpipe.data import split_data
-    from ltpipe.train.inputs import subset
+    from ltpipe.data.batches import subset
 
     data = split_data(split, "train")
     if not head_half:

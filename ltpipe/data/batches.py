@@ -4,7 +4,7 @@ Two kinds of data (``ltpipe.data.split_data``):
 
 - ``InMemoryData`` (digits, Fashion-MNIST, CIFAR: ``images`` uint8 [N, H, W, C]): the training
   images go to the device ONCE as uint8 and every batch is gathered, augmented
-  (``ltpipe.train.augment``) and normalized there; no per-image Python in the loop.
+  (``ltpipe.data.augment``) and normalized there; no per-image Python in the loop.
 - ``FileListData`` (ImageNet-LT, Places-LT, iNaturalist): a ``DataLoader`` with workers,
   ``persistent_workers`` and ``pin_memory`` decodes JPEGs; training uses RandomResizedCrop
   (+ flip), evaluation Resize(side * 256 / 224) + CenterCrop(side). Workers return uint8 so
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltpipe.train.augment import apply_crop_flip, augment_batch, default_pad, draw_crop_flip
+from ltpipe.data.augment import apply_crop_flip, augment_batch, default_pad, draw_crop_flip
 from ltpipe.utils import LtpipeError
 
 NORM_MAX_FILES = 2000  # file-list data: images sampled (evenly spaced) to estimate mean / std

@@ -1,0 +1,126 @@
+"""What every part of the feature cache agrees on: version, errors, checksums, backend table.
+
+The writer (store.py), the reader (reader.py) and the verifier (verify.py) import this module and
+the backends; the backends import only this module and :mod:`ltpipe.cache.rawio`. A backend is a
+module with ``Writer``, ``Reader``, ``read_manifest(path)`` and ``check_compression``; it is
+imported on first use, through :func:`backend_module`, the one place that maps names to modules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ltpipe.utils import LtpipeError, _json_default
+
+#: 2: per-chunk checksums (``checksum``) replace version 1's whole-array ``sha256``
+CACHE_FORMAT_VERSION = 2
+#: backend name -> module implementing it
+BACKENDS = {"zarr": "ltpipe.cache.zarr_backend", "hdf5": "ltpipe.cache.hdf5_backend"}
+FIX = "rerun the cache dump (snakemake --forcerun dump)"
+#: checksum algorithms a manifest may name; the first one available is used for writing
+CHECKSUMS = ("crc32c-per-chunk", "crc32-per-chunk")
+
+
+class CacheError(LtpipeError):
+    """A cache is missing, incomplete, corrupted or not the one a job expects."""
+
+
+def backend_module(name: str) -> Any:
+    """The backend module called ``name`` (imported on first use)."""
+    if name not in BACKENDS:
+        raise LtpipeError(f"cache backend {name!r} is unknown; choose one of {list(BACKENDS)}")
+    return importlib.import_module(BACKENDS[name])
+
+
+def detect_backend(path: str | os.PathLike) -> str | None:
+    """'zarr' for a zarr directory, 'hdf5' for an HDF5 file, None for anything else."""
+    path = Path(path)
+    if path.is_dir():
+        return "zarr" if (path / "zarr.json").is_file() else None
+    if path.is_file():
+        with open(path, "rb") as fh:
+            return "hdf5" if fh.read(8) == b"\x89HDF\r\n\x1a\n" else None
+    return None
+
+
+def read_manifest(path: Path, kind: str) -> dict | None:
+    """The manifest of the ``kind`` cache at ``path`` if it is complete, else None."""
+    text = backend_module(kind).read_manifest(Path(path))
+    manifest = json.loads(text) if text is not None else None
+    return manifest if manifest and manifest.get("complete") is True else None
+
+
+def manifest_sha256(manifest: dict) -> str:
+    """The cache's digest: SHA-256 of its manifest as canonical JSON (sorted keys, no spaces).
+
+    The manifest holds a checksum of every chunk of every array besides the backbone's SHA-256,
+    the split's fingerprint and the dump settings, so equal digests mean equal caches (up to the
+    chunk checksums' strength); the arrays are not read again."""
+    blob = json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ------------------------------------------------------------------- checksums
+def default_checksum() -> str:
+    """``crc32c-per-chunk`` where google-crc32c's C extension loads, else ``crc32-per-chunk``."""
+    try:
+        import google_crc32c
+    except ImportError:
+        return "crc32-per-chunk"
+    return "crc32c-per-chunk" if google_crc32c.implementation == "c" else "crc32-per-chunk"
+
+
+def checksum_function(algorithm: str) -> Callable[[np.ndarray], int]:
+    """The function ``array -> int`` that computes ``algorithm`` over an array's C-order bytes."""
+    if algorithm == "crc32c-per-chunk":
+        try:
+            import google_crc32c
+        except ImportError as err:
+            raise CacheError("this cache's checksums are CRC-32C, which needs the google-crc32c "
+                             "package; pip install 'google-crc32c>=1.5'") from err
+        fn = google_crc32c.value
+    elif algorithm == "crc32-per-chunk":
+        fn = zlib.crc32
+    else:
+        raise CacheError(f"checksum algorithm {algorithm!r} is unknown; expected one of "
+                         f"{list(CHECKSUMS)}. The cache was written by another ltpipe: {FIX}")
+    try:  # google_crc32c takes only buffers without a release hook: ndarrays yes, memoryviews no
+        fn(np.zeros(1, np.uint8))
+        direct = True
+    except TypeError:
+        direct = False
+
+    def checksum(array: np.ndarray) -> int:
+        data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+        return int(fn(data if direct else data.tobytes()))
+
+    return checksum
+
+
+def bad_chunks(spec: dict, block: np.ndarray, first: int = 0) -> list[int]:
+    """Chunks of ``block`` (rows from chunk ``first`` on) whose checksum differs from ``spec``'s.
+
+    ``spec`` is a manifest's ``checksum`` entry (``algorithm``, ``chunk_rows``, ``values``).
+    """
+    checksum = checksum_function(str(spec.get("algorithm")))
+    size, values = int(spec["chunk_rows"]), spec["values"]
+    return [first + j // size for j in range(0, len(block), size)
+            if checksum(block[j:j + size]) != values[first + j // size]]
+
+
+def describe_bad_chunks(bad: list[int], size: int, rows: int, algorithm: str,
+                        named: int = 5) -> str:
+    """``chunk 3 (rows 192:256), ... and 2 more fail their <algorithm> checksum``."""
+    shown = ", ".join(f"chunk {i} (rows {i * size}:{min(rows, (i + 1) * size)})"
+                      for i in bad[:named])
+    more = f" and {len(bad) - named} more" if len(bad) > named else ""
+    return f"{shown}{more} fail their {algorithm} checksum"

@@ -1,0 +1,125 @@
+"""The package's static import graph: no import cycle inside ltpipe.cache, and the cache, the
+classifier stage and the report never import stage one (``ltpipe.train``), not even through
+another module. Imports are read from the source with ``ast`` (inside functions too), so an
+import that only runs on some path is caught as well.
+
+One module is not followed: ``ltpipe.config``, the config validator, checks every stage's
+settings and so imports ``ltpipe.train.recipe`` inside its recipe checks; the report imports it
+only for ``imb_tag`` and ``load_yaml_strict``."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: modules whose own imports are not followed (see the module docstring)
+NOT_FOLLOWED = {"ltpipe.config"}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted((ROOT / "ltpipe").rglob("*.py"))}
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """ltpipe modules that ``name`` imports; ``import a.b.c`` also runs ``a`` and ``a.b``."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
+                                + ([base] if base else []))
+            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            parts = target.split(".")
+            found |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)} & known
+    found.discard(name)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the ltpipe modules its source imports."""
+    modules = _modules()
+    return {name: _imports(name, path, set(modules)) for name, path in modules.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` as a list of modules, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> dict[str, str]:
+    """Every module ``start`` imports, directly or not, mapped to the module that imports it."""
+    seen, todo = {}, [start]
+    while todo:
+        node = todo.pop()
+        for nxt in graph.get(node, ()) if node not in NOT_FOLLOWED else ():
+            if nxt not in seen and nxt != start:
+                seen[nxt] = node
+                todo.append(nxt)
+    return seen
+
+
+def test_graph_helpers_find_cycles_and_indirect_imports():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert _reachable({"a": {"b"}, "b": {"c"}}, "a") == {"b": "a", "c": "b"}
+    graph = import_graph()  # the parser sees a function-level import: the dump reads the model
+    assert "ltpipe.models.modelfile" in graph["ltpipe.cache.dump"]
+
+
+def test_cache_package_has_no_import_cycle():
+    graph = import_graph()
+    cache = {k: {m for m in v if m.startswith("ltpipe.cache.")}
+             for k, v in graph.items() if k.startswith("ltpipe.cache.")}
+    assert len(cache) >= 7, sorted(cache)
+    assert _cycle(cache) is None, f"import cycle in ltpipe.cache: {' -> '.join(_cycle(cache))}"
+    # the backends import only the format and raw-I/O modules of the package
+    for backend in ("ltpipe.cache.zarr_backend", "ltpipe.cache.hdf5_backend"):
+        assert cache[backend] <= {"ltpipe.cache.format", "ltpipe.cache.rawio"}, cache[backend]
+
+
+@pytest.mark.parametrize("package", ["ltpipe.cache", "ltpipe.classifiers", "ltpipe.report"])
+def test_never_imports_stage_one(package):
+    graph = import_graph()
+    for name in sorted(m for m in graph if m == package or m.startswith(package + ".")):
+        reach = _reachable(graph, name)
+        bad = sorted(m for m in reach if m == "ltpipe.train" or m.startswith("ltpipe.train."))
+        chains = []
+        for module in bad:
+            chain = [module]
+            while chain[-1] in reach:
+                chain.append(reach[chain[-1]])
+            chains.append(" <- ".join(chain))
+        assert not bad, f"{name} imports stage one: {chains}"
