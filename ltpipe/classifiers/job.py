@@ -9,6 +9,7 @@ was made from) and the SHA-256 of each model file given.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -63,16 +64,18 @@ def run_classifier_job(*, split_path: str, cache_paths: list[str], method: str, 
         raise LtpipeError(f"got {len(cache_paths)} caches but {len(model_paths)} model files")
     need = set(method_needs(method))
     features, caches, models = [], [], []
-    for cache_path, model_path in zip(cache_paths, model_paths):
-        model_sha = None if model_path is None else sha256_file(model_path)
-        if model_sha is not None:
-            models.append({"path": str(model_path), "sha256": model_sha})
-        with open_checked(cache_path, split.fingerprint, model_path, model_sha) as reader:
+    with contextlib.ExitStack() as stack:  # readers stay open: feature maps are read on demand
+        for cache_path, model_path in zip(cache_paths, model_paths):
+            model_sha = None if model_path is None else sha256_file(model_path)
+            if model_sha is not None:
+                models.append({"path": str(model_path), "sha256": model_sha})
+            reader = stack.enter_context(
+                open_checked(cache_path, split.fingerprint, model_path, model_sha))
             features.append(features_from_cache(reader, need))
             caches.append(cache_record(cache_path, reader))
-    t_load = time.perf_counter()
-    scores = run_method(method, features, settings, seed, device)
-    t_fit = time.perf_counter()
+        t_load = time.perf_counter()
+        scores = run_method(method, features, settings, seed, device)
+        t_fit = time.perf_counter()
 
     metrics = {}
     for part in EVAL_PARTS:
