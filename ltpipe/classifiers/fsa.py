@@ -60,11 +60,11 @@ NEEDS = {"pooled", "logits", "fmap", "cam"}
 NUM_BACKBONES = 1
 # batches are generated this many bytes of gathered maps at a time (amortizes per-op overhead;
 # the augmentation does not depend on the head being trained, so this changes nothing else)
-CHUNK_BYTES = 32 << 20
+CHUNK_BYTES = 32 << 20  # (memory.FSA_CHUNK_BYTES)
 MAX_CHUNK = 64  # batches per chunk at most
 # a cached map array up to this size is read whole once (CIFAR-100-LT's: 89 MB); a larger one
 # (ImageNet-LT's: 23 GB) is read per chunk of batches, only the rows they sample
-WHOLE_BYTES = 512 << 20
+WHOLE_BYTES = 512 << 20  # (memory.FSA_WHOLE_BYTES)
 
 
 def _check(settings: dict) -> None:
