@@ -232,3 +232,30 @@ def test_classify_memory_request_follows_the_cache(trained, tmp_path):
             mem.held_bytes("nope", reader)
     assert mem._lazy_bytes(10 * mem.FSA_WHOLE_BYTES, (1, 2)) == \
         mem.FSA_CHUNK_FACTOR * mem.FSA_CHUNK_BYTES
+
+
+def test_closed_form_jobs_never_import_torch(trained, tmp_path):
+    """joint, tau_norm, ncm and logit_adjust jobs run in numpy: torch (~3 s of a job's start)
+    is never imported, and a trained method's job still does."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cache = tmp_path / "cache.zarr"
+    dump_cache(trained / "split.npz", trained / "model.pt", cache,
+               {"backend": "zarr", "compression": "none", "fmap_dtype": "float16",
+                "batch_size": 128, "augmented_views": 0}, log=lambda *_: None)
+    root = Path(__file__).resolve().parent.parent
+    for method, uses_torch in (("joint", False), ("tau_norm", False), ("ncm", False),
+                               ("logit_adjust", False), ("lws", True)):
+        code = ("import sys, json; from ltpipe.cli import main; "
+                f"main(['classify', '--split', {str(trained / 'split.npz')!r}, '--caches', "
+                f"{str(cache)!r}, '--job', json.dumps({{'method': {method!r}, 'settings': "
+                f"{{}}}}), '--out-dir', {str(tmp_path / method)!r}]); "
+                "print('TORCH', 'torch' in sys.modules)")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**__import__("os").environ, "PYTHONPATH": str(root),
+                                   "LTPIPE_CLASSIFY_DEVICE": "cpu"})
+        assert proc.returncode == 0, proc.stderr
+        assert f"TORCH {uses_torch}" in proc.stdout, (method, proc.stdout)
+        assert (tmp_path / method / "metrics.json").exists()

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ltpipe.classifiers.common import check_number
+from ltpipe.classifiers.checks import check_number
 
 DEFAULTS = {
     "tau": 1.0,  # strength of the prior correction; 0 = the joint head unchanged
 }
 NEEDS = {"logits"}
 NUM_BACKBONES = 1
+TORCH = False  # numpy only: the job never imports torch
 
 
 def log_prior(counts: np.ndarray) -> np.ndarray:
