@@ -2,28 +2,16 @@
 # Jobs share the group "stage2" so that a cluster run submits them in a few batches.
 # mem_mb comes from the caches' manifests and the method (ltpipe/classifiers/memory.py): about
 # 2 GB on CIFAR-100-LT, several GB on ImageNet-LT; a cache that does not exist yet (dry run
-# before the dump) gives 4000 until the job is scheduled.
+# before the dump) shows 4000; Snakemake evaluates it again when it schedules the job.
 
 # gpu: 1 where the config's classify_device asks for one (cuda, or auto for gradient-trained
 # methods; ltpipe/classifiers/device.py); the job then leases it like train and dump. The choice
 # reaches jobs through the environment, not params: changing it reruns nothing.
 
-from ltpipe.classifiers.device import DEVICE_ENV, wants_gpu
-from ltpipe.classifiers.memory import classify_mem_mb
+from ltpipe.classifiers.device import DEVICE_ENV, rule_gpu
+from ltpipe.classifiers.memory import rule_mem_mb
 
 os.environ[DEVICE_ENV] = config.get("classify_device", "cpu")
-
-
-def classify_mem(wc, input):
-    """mem_mb of one classify job, from its caches' array shapes and its method."""
-    return classify_mem_mb(config["classifiers"][wc.classifier]["method"], input.caches)
-
-
-def classify_gpu(wc):
-    """1 where this job's method runs on a GPU under the config's classify_device, else 0."""
-    return int(wants_gpu(config.get("classify_device", "cpu"),
-                         config["classifiers"][wc.classifier]["method"]))
-
 
 
 rule classify:
@@ -41,9 +29,9 @@ rule classify:
     group:
         "stage2"
     resources:
-        gpu=classify_gpu,
+        gpu=lambda wc: rule_gpu(config, wc.classifier),
         runtime=30,
-        mem_mb=classify_mem,
+        mem_mb=lambda wc, input: rule_mem_mb(config, wc.classifier, input.caches),
     conda:
         "../envs/ltpipe.yaml"
     shell:

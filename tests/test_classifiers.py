@@ -508,3 +508,24 @@ def test_cached_rows_take_known_answer(tmp_path):
         np.testing.assert_array_equal(rows.take(idx), feat.train["fmap"][idx])
         assert rows.rows_read == 5 + 1 + 1  # rows 0..4 in one read, then 57 and 100
         np.testing.assert_array_equal(take_rows(feat.train["fmap"], idx), feat.train["fmap"][idx])
+
+
+def test_rule_resources_follow_the_config(tmp_path):
+    from ltpipe.classifiers.device import rule_gpu
+    from ltpipe.classifiers.memory import BASE_MB, FALLBACK_MB, GPU_HOST_MB, rule_mem_mb
+
+    cfg = {"classifiers": {"a": {"method": "crt"}, "b": {"method": "ncm"}}}
+    assert rule_gpu(cfg, "a") == 0 and rule_gpu(cfg, "b") == 0  # default cpu
+    cfg["classify_device"] = "auto"
+    assert rule_gpu(cfg, "a") == 1 and rule_gpu(cfg, "b") == 0
+    cfg["classify_device"] = "cuda"
+    assert rule_gpu(cfg, "b") == 1
+    cfg["classify_device"] = "tpu"
+    with pytest.raises(LtpipeError, match="classify_device='tpu'"):
+        rule_gpu(cfg, "a")
+    cfg["classify_device"] = "cpu"
+    assert rule_mem_mb(cfg, "a", [tmp_path / "none.zarr"]) == FALLBACK_MB
+    write_features(tmp_path / "c.zarr", synth(1))
+    cpu = rule_mem_mb(cfg, "a", [tmp_path / "c.zarr"])
+    cfg["classify_device"] = "cuda"
+    assert BASE_MB <= cpu < rule_mem_mb(cfg, "a", [tmp_path / "c.zarr"]) <= cpu + GPU_HOST_MB + 256

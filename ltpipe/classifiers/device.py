@@ -43,3 +43,10 @@ def job_device(requested: str | None, method: str) -> str | None:
     if requested:
         return requested
     return None if wants_gpu(os.environ.get(DEVICE_ENV, "cpu"), method) else "cpu"
+
+
+def rule_gpu(cfg: dict, classifier: str) -> int:
+    """The classify rule's ``gpu`` resource: 1 where ``cfg``'s classify_device wants a GPU for
+    this classifier entry's method, else 0."""
+    method = cfg["classifiers"][classifier]["method"]
+    return int(wants_gpu(cfg.get("classify_device", "cpu"), method))

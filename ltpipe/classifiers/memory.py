@@ -18,7 +18,9 @@ from typing import Any
 from ltpipe.classifiers.inputs import LAZY, SPLITS, TRAIN_ONLY
 from ltpipe.utils import LtpipeError
 
-BASE_MB = 700      # python + numpy + torch + ltpipe after import, with margin (RSS ~450 MB)
+BASE_MB = 1000     # python + numpy + torch + ltpipe, with margin (measured RSS 640-730 MB on a
+                   # tiny cache, benchmarks/stage2_scale.py)
+GPU_HOST_MB = 1500  # host memory of a CUDA context and its libraries, for a job on a GPU
 COPIES = 2.0       # held arrays x this: one working copy of everything (tensors, features)
 ROUND_MB = 256     # requests are rounded up to a multiple of this
 FALLBACK_MB = 4000  # when a cache does not exist yet (a dry run before the dump)
@@ -71,11 +73,12 @@ def _lazy_bytes(stored: int, shape: tuple) -> int:
 
 
 def classify_mem_mb(method: str, cache_paths: Iterable[str | Path],
-                    fallback: int = FALLBACK_MB) -> int:
+                    fallback: int = FALLBACK_MB, gpu: bool = False) -> int:
     """Memory (MB) to request for a classify job of ``method`` on ``cache_paths``.
 
-    ``BASE_MB + COPIES x held arrays``, rounded up to ``ROUND_MB``; ``fallback`` where a cache
-    does not exist yet (Snakemake then evaluates again when the job is scheduled).
+    ``BASE_MB + COPIES x held arrays`` (+ ``GPU_HOST_MB`` for a job on a GPU), rounded up to
+    ``ROUND_MB``; ``fallback`` where a cache does not exist yet (Snakemake evaluates resources
+    when it schedules the job, after the dump, so a real run gets the computed value).
     """
     from ltpipe.cache import open_cache
 
@@ -85,5 +88,14 @@ def classify_mem_mb(method: str, cache_paths: Iterable[str | Path],
             return int(fallback)
         with open_cache(path) as reader:
             held += held_bytes(method, reader)
-    mb = BASE_MB + COPIES * held / 2**20
+    mb = BASE_MB + (GPU_HOST_MB if gpu else 0) + COPIES * held / 2**20
     return int(math.ceil(mb / ROUND_MB) * ROUND_MB)
+
+
+def rule_mem_mb(cfg: dict, classifier: str, cache_paths: Iterable[str | Path]) -> int:
+    """The classify rule's ``mem_mb``: :func:`classify_mem_mb` for this classifier entry's method,
+    with the CUDA host memory added where the config puts it on a GPU."""
+    from ltpipe.classifiers.device import rule_gpu
+
+    method = cfg["classifiers"][classifier]["method"]
+    return classify_mem_mb(method, cache_paths, gpu=bool(rule_gpu(cfg, classifier)))
