@@ -17,13 +17,14 @@ budget (peak memory does not depend on epochs); prints its peak RSS (``wait4``'s
 beside the rule's request (``ltpipe.classifiers.memory.classify_mem_mb``, the same function the
 classify rule calls), and the job's seconds split into start / read / compute.
 
-``fanout``: ``--jobs`` classify jobs on the CIFAR-size cache, ``--cores`` at a time, each a
+``fanout``: a sample of the CIFAR-100-LT preset's classify jobs (``--every``) on the CIFAR-size
+cache, ``--cores`` at a time, each a
 fresh process as Snakemake starts them, once with the code under ``--before`` (a checkout,
 default /work/main) and once with this checkout; prints wall time against the sum of the jobs'
 useful work (reading their arrays + computing, from their metrics.json) side by side.
 
     PYTHONPATH=. python benchmarks/stage2_scale.py memory --work /tmp/s2s
-    PYTHONPATH=. python benchmarks/stage2_scale.py fanout --work /tmp/s2s --jobs 60
+    PYTHONPATH=. python benchmarks/stage2_scale.py fanout --work /tmp/s2s --every 4
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ SIZES = {
 # Short budgets: peak memory does not depend on how long a method trains.
 SHORT = {"crt": {"epochs": 1}, "lws": {"epochs": 1}, "ffn": {"epochs": 1},
          "h2t": {"epochs": 1}, "fsa": {"iterations": 64}, "bwlm": {"iterations": 64}}
+CLOSED_FORM = ("joint", "tau_norm", "logit_adjust", "ncm")
 METHODS = ("joint", "tau_norm", "logit_adjust", "ncm", "crt", "lws", "h2t", "bwlm", "ffn", "fsa")
 
 
@@ -151,7 +153,9 @@ def classify(pythonpath: Path, split: Path, caches: list[Path], method: str, set
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(out / "log.txt", "w") as log:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        # cwd: `python -m` puts the working directory before PYTHONPATH on sys.path
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            cwd=str(pythonpath)).returncode
     wall = time.perf_counter() - t0
     if rc != 0:
         raise RuntimeError(f"{method} failed: {(out / 'log.txt').read_text()[-2000:]}")
@@ -197,43 +201,74 @@ def cmd_memory(args: argparse.Namespace) -> None:
         print(f"| {m} | {req} | {rss:.0f} | {st or 0:.1f} | {ld:.1f} | {ft:.1f} |")
 
 
-def fan_jobs(n: int) -> list[tuple[str, dict]]:
-    """A sample of the CIFAR-100-LT preset's kinds of points: closed-form sweeps mostly."""
-    points = [("tau_norm", {"tau": t}) for t in np.round(np.linspace(0, 2, 21), 2)]
-    points += [("logit_adjust", {"tau": t}) for t in np.round(np.linspace(0, 2, 21), 2)]
-    points += [("ncm", {}), ("joint", {})]
-    points += [("lws", {"epochs": 1}), ("crt", {"epochs": 1})]
-    return [points[i % len(points)] for i in range(n)]
+def fan_jobs(every: int) -> list[tuple[str, dict]]:
+    """The CIFAR-100-LT preset's classify points of one imbalance factor (111: bwlm 60, tau_norm
+    21, ffn 12, h2t 6, joint 5, crt 2, fsa 2, lws, ncm, logit_adjust), every ``every``-th point of
+    each entry (at least one per entry), with the preset's own settings."""
+    import yaml
+
+    from ltpipe.config import sweep_points
+
+    cfg = yaml.safe_load((ROOT / "workflow/presets/cifar100_lt.yaml").read_text())
+    jobs = []
+    for entry in cfg["classifiers"].values():
+        points = list(sweep_points(entry.get("settings", {})))
+        jobs += [(entry["method"], settings) for _, settings in points[::every]]
+    return jobs
 
 
 def run_fan(code: Path, split: Path, cache: Path, jobs: list, work: Path, cores: int) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(cores) as pool:
-        res = list(pool.map(lambda ij: classify(code, split, [cache], ij[1][0],
-                                                {k: float(v) for k, v in ij[1][1].items()},
-                                                work / str(ij[0]), 1), enumerate(jobs)))
+        res = list(pool.map(lambda ij: classify(code, split, [cache] * (2 if ij[1][0] == "ffn"
+                                                                        else 1),
+                                                ij[1][0], ij[1][1], work / str(ij[0]), 1),
+                            enumerate(jobs)))
     wall = time.perf_counter() - t0
     useful = sum(r["seconds"]["load"] + r["seconds"]["fit"] for r in res)
     per = {k: float(np.mean([r["seconds"].get(k) or 0 for r in res])) for k in ("load", "fit")}
+    closed = [r["wall"] - r["seconds"]["load"] - r["seconds"]["fit"]
+              for (m, _), r in zip(jobs, res) if m in CLOSED_FORM]
     per["start"] = float(np.mean([r["wall"] - r["seconds"]["load"] - r["seconds"]["fit"]
                                   for r in res]))
+    per["start_closed"] = float(np.mean(closed)) if closed else 0.0
     return {"wall": wall, "useful": useful, "ratio": wall * cores / max(useful, 1e-9),
             "per_job": per, "n": len(res)}
 
 
 def cmd_fanout(args: argparse.Namespace) -> None:
     split, cache = prepare(Path(args.work), "cifar", 1.0, args)
-    jobs = fan_jobs(args.jobs)
-    out = {}
-    for label, code in (("before", Path(args.before)), ("after", ROOT)):
-        out[label] = r = run_fan(code, split, cache, jobs, Path(args.work) / f"fan_{label}",
-                                 args.cores)
-        p = r["per_job"]
-        print(f"{label:6s} ({code}): {r['n']} jobs in {r['wall']:.1f} s on {args.cores} cores; "
-              f"useful work {r['useful']:.1f} s; ratio (wall x cores / useful) {r['ratio']:.2f}; "
-              f"per job: start {p['start']:.2f} s, read {p['load']:.2f} s, "
-              f"compute {p['fit']:.2f} s", flush=True)
+    jobs = fan_jobs(args.every)
+    print(f"{len(jobs)} jobs: " + ", ".join(f"{m} x{sum(j[0] == m for j in jobs)}"
+                                           for m in sorted({j[0] for j in jobs})), flush=True)
+    totals: dict[str, list] = {"before": [], "after": []}
+    order = [("before", Path(args.before)), ("after", ROOT)]
+    for rnd in range(args.rounds):  # alternate the order: the machine's load drifts
+        for label, code in (order if rnd % 2 == 0 else order[::-1]):
+            r = run_fan(code, split, cache, jobs, Path(args.work) / f"fan_{label}", args.cores)
+            totals[label].append(r)
+            p = r["per_job"]
+            print(f"round {rnd} {label:6s} ({code}): {r['n']} jobs in {r['wall']:.1f} s on "
+                  f"{args.cores} cores; useful work (read + compute, summed) {r['useful']:.1f} s; "
+                  f"wall / useful {r['wall'] / r['useful']:.2f}; wall x cores / useful "
+                  f"{r['ratio']:.2f}; per job: start {p['start']:.2f} s (closed-form jobs "
+                  f"{p['start_closed']:.2f} s), read {p['load']:.2f} s, compute {p['fit']:.2f} s",
+                  flush=True)
+    # useful work: the after-code's read + compute per job, the denominator of both sides (the
+    # before-code's "load" includes `import torch`, which is start-up, not useful work)
+    useful = float(np.mean([r["useful"] for r in totals["after"]]))
+    print(f"\nuseful work of the {len(jobs)} jobs (read + compute, summed, after-code's "
+          f"metrics.json, mean of {args.rounds} rounds): {useful:.1f} s")
+    print("| code | wall (s), mean of rounds | wall / useful | wall x cores / useful | "
+          "start per job (s) | closed-form start (s) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, rs in totals.items():
+        wall = float(np.mean([r["wall"] for r in rs]))
+        st = np.mean([r["per_job"]["start"] for r in rs])
+        sc = np.mean([r["per_job"]["start_closed"] for r in rs])
+        print(f"| {label} | {wall:.1f} | {wall / useful:.2f} | {wall * args.cores / useful:.2f} |"
+              f" {st:.2f} | {sc:.2f} |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -248,10 +283,13 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--clean", action="store_true", help="delete --work afterwards")
     sub.choices["memory"].add_argument("--methods", nargs="+", default=list(METHODS))
-    sub.choices["fanout"].add_argument("--jobs", type=int, default=60)
+    sub.choices["fanout"].add_argument("--every", type=int, default=4,
+                                       help="every n-th sweep point of each preset entry")
     sub.choices["fanout"].add_argument("--cores", type=int, default=2)
+    sub.choices["fanout"].add_argument("--rounds", type=int, default=2)
     sub.choices["fanout"].add_argument("--before", default="/work/main")
     args = ap.parse_args(argv)
+    args.work = str(Path(args.work).resolve())
     try:
         (cmd_memory if args.part == "memory" else cmd_fanout)(args)
     finally:

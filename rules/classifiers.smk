@@ -1,7 +1,7 @@
 # Classifier stage: one job per classifier entry, training seed and sweep point.
 # Jobs share the group "stage2" so that a cluster run submits them in a few batches.
 # mem_mb comes from the caches' manifests and the method (ltpipe/classifiers/memory.py): about
-# 2 GB on CIFAR-100-LT, several GB on ImageNet-LT; a cache that does not exist yet (dry run
+# 1-1.5 GB on CIFAR-100-LT, 4.6-13 GB on ImageNet-LT; a cache that does not exist yet (dry run
 # before the dump) shows 4000; Snakemake evaluates it again when it schedules the job.
 
 # gpu: 1 where the config's classify_device asks for one (cuda, or auto for gradient-trained
