@@ -103,10 +103,18 @@ def cmd_classify(args: argparse.Namespace) -> None:
     if missing:
         raise LtpipeError(f"--job lacks {sorted(missing)}: give {{'method': ..., 'settings': ...}}")
     info = {**args.info, "backbones": job.get("backbones", args.info.get("backbones", []))}
-    run_classifier_job(split_path=args.split, cache_paths=args.caches, method=job["method"],
-                       settings=job["settings"], seed=args.seed, out_dir=args.out_dir,
-                       info=info, model_paths=args.models, threads=args.threads,
-                       device=args.device)
+    from ltpipe.classifiers.device import job_device
+    from ltpipe.train.device import lease_device
+
+    with lease_device(job_device(args.device, job["method"])) as device:
+        if device.slot is not None:
+            _lease_line("acquired", device)
+        run_classifier_job(split_path=args.split, cache_paths=args.caches, method=job["method"],
+                           settings=job["settings"], seed=args.seed, out_dir=args.out_dir,
+                           info=info, model_paths=args.models, threads=args.threads,
+                           device=str(device))
+        if device.slot is not None:
+            _lease_line("released", device)
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:
@@ -199,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the backbones' model.pt files: the caches must have been made from them")
     c.add_argument("--job", type=_json_arg, required=True,
                    help='{"method": ..., "settings": {...}, "backbones": [...]}')
-    c.add_argument("--device", default="cpu")
+    c.add_argument("--device", default=None,
+                   help="torch device; default: the environment's LTPIPE_CLASSIFY_DEVICE "
+                   "(cpu | cuda | auto, set from the config's classify_device), cpu if unset")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out-dir", required=True)
     c.add_argument("--info", type=_json_arg, default={}, help="row labels for the summary")

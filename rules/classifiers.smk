@@ -1,5 +1,17 @@
-# Classifier stage: one cheap CPU job per classifier entry, training seed and sweep point.
+# Classifier stage: one job per classifier entry, training seed and sweep point.
 # Jobs share the group "stage2" so that a cluster run submits them in a few batches.
+# mem_mb comes from the caches' manifests and the method (ltpipe/classifiers/memory.py): about
+# 1-1.5 GB on CIFAR-100-LT, 4.6-13 GB on ImageNet-LT; a cache that does not exist yet (dry run
+# before the dump) shows 4000; Snakemake evaluates it again when it schedules the job.
+
+# gpu: 1 where the config's classify_device asks for one (cuda, or auto for gradient-trained
+# methods; ltpipe/classifiers/device.py); the job then leases it like train and dump. The choice
+# reaches jobs through the environment, not params: changing it reruns nothing.
+
+from ltpipe.classifiers.device import DEVICE_ENV, rule_gpu
+from ltpipe.classifiers.memory import rule_mem_mb
+
+os.environ[DEVICE_ENV] = config.get("classify_device", "cpu")
 
 
 rule classify:
@@ -17,8 +29,9 @@ rule classify:
     group:
         "stage2"
     resources:
+        gpu=lambda wc: rule_gpu(config, wc.classifier),
         runtime=30,
-        mem_mb=4000,
+        mem_mb=lambda wc, input: rule_mem_mb(config, wc.classifier, input.caches),
     conda:
         "../envs/ltpipe.yaml"
     shell:

@@ -30,3 +30,18 @@ def test_cache_io_creates_a_missing_dir_and_refuses_a_file(tmp_path, capsys):
     assert exc.value.code == 2
     assert "--dir " + str(tmp_path / "file") + ": exists and is not a directory" \
         in capsys.readouterr().err
+
+
+def test_stage2_scale_memory_prints_request_and_peak(tmp_path, capsys):
+    """A tiny ImageNet-shaped run (0.5% of the samples): each method's row names its request,
+    its measured peak RSS and whether it fits; --clean removes the work directory."""
+    stage2_scale = _load("stage2_scale")
+    work = tmp_path / "work"
+    stage2_scale.main(["memory", "--work", str(work), "--scale", "0.005", "--methods", "joint",
+                       "fsa", "--clean"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| fsa |")
+            or line.startswith("| joint |")]
+    assert len(rows) == 2, out
+    assert "EXCEEDS" not in out and out.count(" fits ") == 2, out
+    assert not work.exists()

@@ -168,3 +168,94 @@ def test_artifacts_record_provenance(trained, tmp_path):
         assert r.digest != prov["caches"][0]["digest"]
     (row,) = rows_from_metrics([metrics_path])
     assert row["code"].startswith(f"{ltpipe.__version__}+")
+
+
+@pytest.mark.parametrize("choice,method,leased", [("cuda", "joint", True), ("auto", "fsa", True),
+                                                  ("auto", "tau_norm", False),
+                                                  ("cpu", "crt", False)])
+def test_classify_cli_leases_a_gpu_where_configured(trained, tmp_path, monkeypatch, capsys,
+                                                    choice, method, leased):
+    """The GPU classify path on a CPU machine: LTPIPE_FAKE_GPUS simulates a slot, the job leases
+    it as train and dump do, and its results equal the plain CPU job's (same code, same
+    device here). FSA reads its maps from the real cache on demand."""
+    from ltpipe.cli import main
+
+    cache = tmp_path / "cache.zarr"
+    dump_cache(trained / "split.npz", trained / "model.pt", cache,
+               {"backend": "zarr", "compression": "none", "fmap_dtype": "float16",
+                "batch_size": 128, "augmented_views": 0}, log=lambda *_: None)
+    settings = {"iterations": 20} if method == "fsa" else {}
+    job = json.dumps({"method": method, "settings": settings})
+    monkeypatch.setenv("LTPIPE_FAKE_GPUS", "1")
+    monkeypatch.setenv("LTPIPE_LOCK_DIR", str(tmp_path / "locks"))
+    outs = {}
+    for env in (choice, "cpu"):
+        monkeypatch.setenv("LTPIPE_CLASSIFY_DEVICE", env)
+        out = tmp_path / env
+        assert main(["classify", "--split", str(trained / "split.npz"), "--caches", str(cache),
+                     "--job", job, "--seed", "1", "--out-dir", str(out)]) in (0, None)
+        outs[env] = np.load(out / "logits.npz")["test"]
+        printed = capsys.readouterr().out
+        assert ("lease: acquired" in printed) == (leased and env != "cpu"), printed
+    np.testing.assert_array_equal(outs[choice], outs["cpu"])
+
+
+def test_classify_device_choice_is_checked(monkeypatch):
+    from ltpipe.classifiers.device import job_device, wants_gpu
+
+    assert job_device("cuda:1", "joint") == "cuda:1"
+    monkeypatch.setenv("LTPIPE_CLASSIFY_DEVICE", "gpu")
+    with pytest.raises(LtpipeError, match="classify_device='gpu'.*cpu.*cuda.*auto"):
+        job_device(None, "crt")
+    assert wants_gpu("auto", "bwlm") and not wants_gpu("auto", "ncm")
+
+
+def test_classify_memory_request_follows_the_cache(trained, tmp_path):
+    """mem_mb grows with the arrays a method holds; FSA counts its gathered map rows, not the
+    whole map array, once that is larger than fsa.WHOLE_BYTES; constants agree with fsa's."""
+    from ltpipe.classifiers import fsa, method_needs
+    from ltpipe.classifiers import memory as mem
+
+    assert mem.FSA_WHOLE_BYTES == fsa.WHOLE_BYTES and mem.FSA_CHUNK_BYTES == fsa.CHUNK_BYTES
+    assert all(mem.NEEDS[m] == method_needs(m) for m in mem.NEEDS)
+    cache = tmp_path / "cache.zarr"
+    dump_cache(trained / "split.npz", trained / "model.pt", cache,
+               {"backend": "zarr", "compression": "none", "fmap_dtype": "float16",
+                "batch_size": 128, "augmented_views": 0}, log=lambda *_: None)
+    with open_cache(cache) as reader:
+        joint, fsa_bytes = mem.held_bytes("joint", reader), mem.held_bytes("fsa", reader)
+        n, d, h, w = reader.shape("train", "fmap")
+        assert fsa_bytes >= joint + 2 * n * d * h * w * 2  # small maps: read whole
+        assert mem.classify_mem_mb("joint", [cache]) >= mem.BASE_MB
+        assert mem.classify_mem_mb("joint", [tmp_path / "missing.zarr"]) == mem.FALLBACK_MB
+        with pytest.raises(LtpipeError, match="unknown classifier method 'nope'"):
+            mem.held_bytes("nope", reader)
+    assert mem._lazy_bytes(10 * mem.FSA_WHOLE_BYTES, (1, 2)) == \
+        mem.FSA_CHUNK_FACTOR * mem.FSA_CHUNK_BYTES
+
+
+def test_closed_form_jobs_never_import_torch(trained, tmp_path):
+    """joint, tau_norm, ncm and logit_adjust jobs run in numpy: torch (~3 s of a job's start)
+    is never imported, and a trained method's job still does."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cache = tmp_path / "cache.zarr"
+    dump_cache(trained / "split.npz", trained / "model.pt", cache,
+               {"backend": "zarr", "compression": "none", "fmap_dtype": "float16",
+                "batch_size": 128, "augmented_views": 0}, log=lambda *_: None)
+    root = Path(__file__).resolve().parent.parent
+    for method, uses_torch in (("joint", False), ("tau_norm", False), ("ncm", False),
+                               ("logit_adjust", False), ("lws", True)):
+        code = ("import sys, json; from ltpipe.cli import main; "
+                f"main(['classify', '--split', {str(trained / 'split.npz')!r}, '--caches', "
+                f"{str(cache)!r}, '--job', json.dumps({{'method': {method!r}, 'settings': "
+                f"{{}}}}), '--out-dir', {str(tmp_path / method)!r}]); "
+                "print('TORCH', 'torch' in sys.modules)")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**__import__("os").environ, "PYTHONPATH": str(root),
+                                   "LTPIPE_CLASSIFY_DEVICE": "cpu"})
+        assert proc.returncode == 0, proc.stderr
+        assert f"TORCH {uses_torch}" in proc.stdout, (method, proc.stdout)
+        assert (tmp_path / method / "metrics.json").exists()

@@ -465,3 +465,94 @@ def test_trained_methods_are_deterministic(name):
     c, _ = run_fast(name, seed=4)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+# ---- FSA on a real cache: reads only the map rows it samples, same results ----
+
+def write_features(path, f):
+    """Write ``f`` (a Features) as a zarr cache through ltpipe's own writer."""
+    from ltpipe.cache import CacheWriter
+
+    w = CacheWriter(path, backend="zarr", chunk_mb=0.001)
+    for split in ("train", "test"):
+        for name, arr in getattr(f, split).items():
+            w.write(split, name, arr)
+    w.write("head", "weight", f.head_weight)
+    if f.head_bias is not None:
+        w.write("head", "bias", f.head_bias)
+    w.write("meta", "class_counts", f.class_counts)
+    w.commit({"head_kind": f.head_kind, "logit_scale": f.logit_scale})
+
+
+class CountingReader:
+    """A cache reader that records every read of train/fmap: (rows asked for, rows returned)."""
+
+    def __init__(self, reader):
+        self.inner, self.fmap_reads = reader, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def read(self, group, name, rows=None):
+        out = self.inner.read(group, name, rows=rows)
+        if (group, name) == ("train", "fmap"):
+            self.fmap_reads.append((rows, len(out)))
+        return out
+
+
+def test_fsa_reads_only_sampled_map_rows_and_matches_in_memory(tmp_path, monkeypatch):
+    from ltpipe.cache import open_cache
+    from ltpipe.classifiers import fsa
+
+    feat = synth(5, counts=(400, 200, 100, 50))
+    n = len(feat.train["labels"])
+    write_features(tmp_path / "c.zarr", feat)
+    settings = {"iterations": 3, "n_t": 4}
+    monkeypatch.setattr(fsa, "CHUNK_BYTES", 1)  # one batch per gather
+    expect = run_method("fsa", [feat], settings, 7)
+    monkeypatch.setattr(fsa, "WHOLE_BYTES", 0)  # this small array is otherwise read whole
+    with open_cache(tmp_path / "c.zarr") as raw:
+        reader = CountingReader(raw)
+        got = run_method("fsa", [features_from_cache(reader, fsa.NEEDS)], settings, 7)
+        lazy = features_from_cache(reader, fsa.NEEDS).train["fmap"]
+        assert lazy.shape == feat.train["fmap"].shape
+    for part in expect:
+        np.testing.assert_array_equal(got[part], expect[part])
+    assert len(reader.fmap_reads) >= 3 and all(rows is not None for rows, _ in reader.fmap_reads)
+    # 3 batches x 2 * n_t * n_a = 24 sampled rows each, runs at most MAX_GAP apart merged
+    assert sum(k for _, k in reader.fmap_reads) <= 3 * 24 * 5 < n
+
+
+def test_cached_rows_take_known_answer(tmp_path):
+    from ltpipe.cache import open_cache
+    from ltpipe.classifiers.inputs import CachedRows, take_rows
+
+    feat = synth(6)
+    write_features(tmp_path / "c.zarr", feat)
+    idx = np.array([100, 3, 3, 0, 57, 4])
+    with open_cache(tmp_path / "c.zarr") as reader:
+        rows = CachedRows(reader, "train", "fmap")
+        np.testing.assert_array_equal(rows.take(idx), feat.train["fmap"][idx])
+        assert rows.rows_read == 5 + 1 + 1  # rows 0..4 in one read, then 57 and 100
+        np.testing.assert_array_equal(take_rows(feat.train["fmap"], idx), feat.train["fmap"][idx])
+
+
+def test_rule_resources_follow_the_config(tmp_path):
+    from ltpipe.classifiers.device import rule_gpu
+    from ltpipe.classifiers.memory import BASE_MB, FALLBACK_MB, GPU_HOST_MB, rule_mem_mb
+
+    cfg = {"classifiers": {"a": {"method": "crt"}, "b": {"method": "ncm"}}}
+    assert rule_gpu(cfg, "a") == 0 and rule_gpu(cfg, "b") == 0  # default cpu
+    cfg["classify_device"] = "auto"
+    assert rule_gpu(cfg, "a") == 1 and rule_gpu(cfg, "b") == 0
+    cfg["classify_device"] = "cuda"
+    assert rule_gpu(cfg, "b") == 1
+    cfg["classify_device"] = "tpu"
+    with pytest.raises(LtpipeError, match="classify_device='tpu'"):
+        rule_gpu(cfg, "a")
+    cfg["classify_device"] = "cpu"
+    assert rule_mem_mb(cfg, "a", [tmp_path / "none.zarr"]) == FALLBACK_MB
+    write_features(tmp_path / "c.zarr", synth(1))
+    cpu = rule_mem_mb(cfg, "a", [tmp_path / "c.zarr"])
+    cfg["classify_device"] = "cuda"
+    assert BASE_MB <= cpu < rule_mem_mb(cfg, "a", [tmp_path / "c.zarr"]) <= cpu + GPU_HOST_MB + 256

@@ -98,6 +98,22 @@ def test_classifier_setting_reruns_only_that_job(default_run):
     assert "plot_sweep" not in jobs  # crt has no sweep
 
 
+def test_classify_device_reruns_nothing_and_sets_gpu_and_memory(default_run):
+    """classify_device is a runtime setting (nothing reruns); with auto the gradient-trained
+    methods ask for gpu=1 and the closed-form ones for none; mem_mb comes from the caches."""
+    cfg_path = _edited(default_run, lambda c: c.update(classify_device="auto"))
+    assert planned_jobs(snakemake(default_run, "-n", config=cfg_path)) == {}
+    proc = snakemake(default_run, "-n", "--forcerun", "classify", config=cfg_path)
+    blocks = (proc.stdout + proc.stderr).split("rule classify:")[1:]
+    gpus = {}
+    for block in blocks:
+        clf = block.split("classifier=")[1].split(",")[0]
+        resources = block.split("resources:")[1].splitlines()[0]
+        gpus[clf] = "gpu=1" in resources
+        assert "mem_mb=4000" not in resources, resources  # computed, not the fallback
+    assert gpus["crt"] and gpus["fsa"] and not gpus["joint"] and not gpus["tau_norm"], gpus
+
+
 def test_new_sweep_point_adds_one_job_per_split(default_run):
     cfg_path = _edited(default_run, lambda c: c["classifiers"]["tau_norm"]["settings"]["tau"]
                        .append(2.0))

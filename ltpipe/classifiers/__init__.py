@@ -5,7 +5,8 @@ default, check, unit and source), ``NEEDS`` (cached
 arrays it reads), ``NUM_BACKBONES`` and ``run(inputs, settings, seed, device)`` returning scores
 per evaluated split ({"test": [N, C], "val": [N, C] where present}). ``METHODS`` maps a method
 name to its module path; modules (and torch) are imported only when a method is used, so that
-reading the registry stays cheap.
+reading the registry stays cheap. A module with ``TORCH = False`` (joint, tau_norm, ncm,
+logit_adjust: closed forms in numpy) never imports torch, so neither does its job.
 """
 
 from __future__ import annotations
@@ -64,8 +65,6 @@ def run_method(name: str, inputs: list, settings: dict | None, seed: int,
     Settings are merged over the method's defaults; an unknown key, a bad value or a wrong number of
     inputs raises ``LtpipeError``. Results are reproducible for a given ``seed``.
     """
-    import torch
-
     module = get_method(name)
     merged = merge_settings(name, settings)
     if len(inputs) != module.NUM_BACKBONES:
@@ -75,4 +74,13 @@ def run_method(name: str, inputs: list, settings: dict | None, seed: int,
         if len(feat.class_counts) != feat.num_classes:
             raise LtpipeError(f"method {name!r}: class_counts has {len(feat.class_counts)} "
                               f"classes but the head has {feat.num_classes}; rebuild the cache")
+    if not getattr(module, "TORCH", True):  # closed form in numpy: no torch import (~3 s)
+        return module.run(list(inputs), merged, int(seed), str(device))
+    import torch
+
     return module.run(list(inputs), merged, int(seed), torch.device(device))
+
+
+def method_uses_torch(name: str) -> bool:
+    """False for the closed-form methods written in numpy (their jobs never import torch)."""
+    return bool(getattr(get_method(name), "TORCH", True))

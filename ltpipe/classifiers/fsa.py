@@ -35,7 +35,7 @@ from ltpipe.classifiers.fsa_parts import (
     recombine,
     usable_positions,
 )
-from ltpipe.classifiers.inputs import Features
+from ltpipe.classifiers.inputs import CachedRows, Features, take_rows
 from ltpipe.classifiers.trainer import (
     TrainConfig,
     make_generator,
@@ -67,8 +67,11 @@ NEEDS = {"pooled", "logits", "fmap", "cam"}
 NUM_BACKBONES = 1
 # batches are generated this many bytes of gathered maps at a time (amortizes per-op overhead;
 # the augmentation does not depend on the head being trained, so this changes nothing else)
-CHUNK_BYTES = 32 << 20
+CHUNK_BYTES = 32 << 20  # (memory.FSA_CHUNK_BYTES)
 MAX_CHUNK = 64  # batches per chunk at most
+# a cached map array up to this size is read whole once (CIFAR-100-LT's: 89 MB); a larger one
+# (ImageNet-LT's: 23 GB) is read per chunk of batches, only the rows they sample
+WHOLE_BYTES = 512 << 20  # (memory.FSA_WHOLE_BYTES)
 
 
 class _Pool:
@@ -87,13 +90,42 @@ class _Pool:
         return self.members[pick]
 
 
+def _map_rows(fmap, device: torch.device):
+    """``gather(idx)`` -> (vectors [U, L, D] of the unique rows of ``idx``, position-major in the
+    cached dtype; index of each ``idx`` entry into them; non-zero mask [U, L]).
+
+    A cached map array (:class:`CachedRows`) of at most ``WHOLE_BYTES`` is read once; a larger
+    one is read a chunk of batches at a time, only the rows those batches sample.
+    """
+    whole = not isinstance(fmap, CachedRows) or fmap.nbytes <= WHOLE_BYTES
+    if whole:
+        arr = fmap.read_all() if isinstance(fmap, CachedRows) else fmap
+        vectors = torch.as_tensor(np.ascontiguousarray(arr)).to(device).flatten(2)
+        vectors = vectors.transpose(1, 2).contiguous()
+        nonzero = vectors.ne(0).any(2)
+
+        def gather(idx: torch.Tensor):
+            return vectors, idx, nonzero
+        return gather
+
+    def gather(idx: torch.Tensor):
+        uniq, local = torch.unique(idx, return_inverse=True)
+        rows = take_rows(fmap, uniq.cpu().numpy())
+        vec = torch.as_tensor(rows).to(device).flatten(2).transpose(1, 2).contiguous()
+        return vec, local, vec.ne(0).any(2)
+    return gather
+
+
 def make_augment(feat: Features, settings: dict, device: torch.device):
-    """The trainer hook returning one FSA batch per call (ignores the trainer's indices)."""
-    fmap_np = feat.require("train", "fmap", "fsa")
-    # position-major maps [N, L, D] in the cached dtype: one gather per batch, no conversion
-    fmap = torch.as_tensor(np.ascontiguousarray(fmap_np)).to(device).flatten(2)
-    vectors = fmap.transpose(1, 2).contiguous()
-    del fmap
+    """The trainer hook returning one FSA batch per call (ignores the trainer's indices).
+
+    Maps are gathered per chunk of batches (see ``_map_rows``); position sets are made usable
+    (``usable_positions``, row-wise) for the gathered rows only, which gives the same batches
+    as doing it for every row up front.
+    """
+    fmap = feat.require("train", "fmap", "fsa")
+    shape = tuple(fmap.shape)
+    gather = _map_rows(fmap, device)
     cam = as_tensor(feat.require("train", "cam", "fsa"), device).flatten(1)  # [N, L]
     y = as_tensor(feat.train["labels"], device, torch.long)
     counts = torch.bincount(y, minlength=feat.num_classes)
@@ -110,10 +142,8 @@ def make_augment(feat: Features, settings: dict, device: torch.device):
     n_t, n_a, n_f = int(settings["n_t"]), int(settings["n_a"]), int(settings["n_f"])
     slot = torch.arange(n_a, device=device) % n_f
     spec, generic = position_sets(cam, float(settings["tau_s"]), float(settings["tau_g"]))
-    nonzero = vectors.ne(0).any(2)
-    spec, generic = usable_positions(spec, nonzero), usable_positions(generic, nonzero)
 
-    batch_bytes = n_t * n_a * vectors.shape[1] * vectors.shape[2] * 4
+    batch_bytes = n_t * n_a * int(np.prod(shape[1:])) * 4
     chunk = max(1, min(MAX_CHUNK, CHUNK_BYTES // batch_bytes))
 
     def build(k: int, x: torch.Tensor, labels: torch.Tensor, gen: torch.Generator):
@@ -123,7 +153,10 @@ def make_augment(feat: Features, settings: dict, device: torch.device):
         other = by_class.draw_within(confusing[c][:, slot].reshape(-1), gen)
         rep = tail.repeat_interleave(n_a)
         ratio = torch.rand(len(rep), generator=gen, device=x.device)
-        aug = recombine(vectors, rep, spec[rep], other, generic[other], ratio, gen)
+        vectors, local, nonzero = gather(torch.cat([rep, other]))
+        lr, lo = local[:len(rep)], local[len(rep):]
+        aug = recombine(vectors, lr, usable_positions(spec[rep], nonzero[lr]), lo,
+                        usable_positions(generic[other], nonzero[lo]), ratio, gen)
         head_idx = heads.draw(k * n_t * (1 + n_a), gen).view(k, -1)
         xb = torch.cat([x[tail].view(k, n_t, -1), aug.view(k, n_t * n_a, -1), x[head_idx]], 1)
         yb = torch.cat([c.view(k, n_t), c.repeat_interleave(n_a).view(k, -1),

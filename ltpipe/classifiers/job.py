@@ -9,6 +9,7 @@ was made from) and the SHA-256 of each model file given.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -18,6 +19,19 @@ from ltpipe.provenance import code_version, library_versions
 from ltpipe.utils import LtpipeError, atomic_path, sha256_file, write_json
 
 EVAL_PARTS = ("val", "test")  # scored parts; other keys a method returns (head_weight) are kept
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux /proc), or None where unknown."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+        import os
+
+        return max(0.0, time.time() - (btime + ticks / os.sysconf("SC_CLK_TCK")))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def open_checked(cache_path: str | Path, split_fingerprint: str, model_path: str | None = None,
@@ -44,35 +58,44 @@ def run_classifier_job(*, split_path: str, cache_paths: list[str], method: str, 
                        seed: int, out_dir: str, info: dict | None = None,
                        model_paths: list[str] | None = None, threads: int | None = None,
                        device: str = "cpu") -> dict:
-    """Run ``method`` on the caches and write ``logits.npz`` and ``metrics.json`` to ``out_dir``."""
-    t0 = time.perf_counter()
-    import torch
+    """Run ``method`` on the caches and write ``logits.npz`` and ``metrics.json`` to ``out_dir``.
 
-    from ltpipe.classifiers import METHODS, method_needs, run_method
+    ``metrics.json``'s ``seconds``: ``start`` (process start to the end of this function's imports:
+    interpreter, torch, ltpipe; None where the process start is unknown), ``load`` (opening the
+    caches and reading the arrays), ``fit`` (the method), ``write`` (scoring and writing).
+    """
+    from ltpipe.classifiers import METHODS, method_needs, method_uses_torch, run_method
     from ltpipe.classifiers.inputs import features_from_cache
     from ltpipe.data import read_split
     from ltpipe.evaluate import accuracy_report
 
-    if threads:
-        torch.set_num_threads(threads)
     if method not in METHODS:
         raise LtpipeError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    if method_uses_torch(method):  # the closed-form methods never import torch (~3 s a job)
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    started = process_age()
     split = read_split(split_path)
     model_paths = model_paths or [None] * len(cache_paths)
     if len(model_paths) != len(cache_paths):
         raise LtpipeError(f"got {len(cache_paths)} caches but {len(model_paths)} model files")
     need = set(method_needs(method))
     features, caches, models = [], [], []
-    for cache_path, model_path in zip(cache_paths, model_paths):
-        model_sha = None if model_path is None else sha256_file(model_path)
-        if model_sha is not None:
-            models.append({"path": str(model_path), "sha256": model_sha})
-        with open_checked(cache_path, split.fingerprint, model_path, model_sha) as reader:
+    with contextlib.ExitStack() as stack:  # readers stay open: feature maps are read on demand
+        for cache_path, model_path in zip(cache_paths, model_paths):
+            model_sha = None if model_path is None else sha256_file(model_path)
+            if model_sha is not None:
+                models.append({"path": str(model_path), "sha256": model_sha})
+            reader = stack.enter_context(
+                open_checked(cache_path, split.fingerprint, model_path, model_sha))
             features.append(features_from_cache(reader, need))
             caches.append(cache_record(cache_path, reader))
-    t_load = time.perf_counter()
-    scores = run_method(method, features, settings, seed, device)
-    t_fit = time.perf_counter()
+        t_load = time.perf_counter()
+        scores = run_method(method, features, settings, seed, device)
+        t_fit = time.perf_counter()
 
     metrics = {}
     for part in EVAL_PARTS:
@@ -98,8 +121,9 @@ def run_classifier_job(*, split_path: str, cache_paths: list[str], method: str, 
         "class_counts": [int(c) for c in split.class_counts],
         "shot_groups": [int(g) for g in split.shot_groups],
         "metrics": metrics,
-        "seconds": {"load": t_load - t0, "fit": t_fit - t_load},
+        "seconds": {"start": started, "load": t_load - t0, "fit": t_fit - t_load},
     }
+    result["seconds"]["write"] = time.perf_counter() - t_fit
     write_json(out / "metrics.json", result)
     test = metrics.get("test", {})
     print(f"classify {method} {settings}: test all {test.get('all'):.2f} many {test.get('many')} "

@@ -7,6 +7,7 @@ import numpy as np
 SETTINGS: dict = {}
 NEEDS = {"logits"}
 NUM_BACKBONES = 1
+TORCH = False  # numpy only: the job never imports torch
 
 
 def run(inputs: list, settings: dict, seed: int, device) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ SETTINGS = {
 }
 NEEDS = {"logits"}
 NUM_BACKBONES = 1
+TORCH = False  # numpy only: the job never imports torch
 
 
 def log_prior(counts: np.ndarray) -> np.ndarray:
