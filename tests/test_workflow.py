@@ -159,7 +159,7 @@ def test_val_per_class_zero_is_the_default_split(default_run):
     assert planned_jobs(snakemake(default_run, "-n", config=cfg_path)) == {}
     cfg_path = _edited(default_run, lambda c: c["datasets"]["digits"].update(val_per_class=5))
     jobs = planned_jobs(snakemake(default_run, "-n", config=cfg_path))
-    assert jobs["split"] == 2 and jobs["train"] == 4 and jobs["dump"] == 4  # ce, kps x 2 IFs
+    assert jobs["split"] == 2 and jobs["train"] == 8 and jobs["dump"] == 8  # 4 recipes x 2 IFs
     cfg = yaml.safe_load(cfg_path.read_text())
     from ltpipe.config import metric_targets
 
