@@ -124,7 +124,7 @@ def ltpipe_rounds(images, labels, device, batch_size, warmup, steps, compile_):
 
     ``compile_``: the recipe's ``compile`` value (False, True or a torch.compile mode)."""
     n = batch_size * steps
-    recipe = normalize_recipe({"backbone": "resnet32", "batch_size": batch_size, "epochs": 1000,
+    recipe = normalize_recipe({"architecture": "resnet32", "batch_size": batch_size, "epochs": 1000,
                                "warmup_epochs": 0, "augment": "crop_flip", "compile": compile_})
     data = InMemoryData(images=images[:n], labels=labels[:n], ids=np.arange(n))
     counts = np.bincount(labels[:n], minlength=NUM_CLASSES)

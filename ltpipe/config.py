@@ -1,16 +1,9 @@
-"""Config checks the JSON Schema cannot express, sweep expansion, and the workflow's target paths.
+"""Config checks the JSON Schema cannot express, sweep expansion, and the workflow's targets.
 
 The Snakefile validates ``config.yaml`` against ``workflow/schemas/config.schema.yaml`` and then
-calls :func:`check_config`. Everything the rules need to know about paths and per-job settings
-comes from here, so that it is unit-tested and the rule files stay thin.
-
-Artifact layout under ``results``::
-
-    {dataset}/if{imb}/s{split_seed}/split.npz                                   split
-    {dataset}/if{imb}/s{split_seed}/{backbone}/t{seed}/model.pt                 stage one
-    {dataset}/if{imb}/s{split_seed}/{backbone}/t{seed}/cache.zarr|cache.h5      feature cache
-    {dataset}/if{imb}/s{split_seed}/cls/{classifier}/t{seed}/{point}/metrics.json
-    summary.csv, summary.md
+calls :func:`check_config`. Everything the rules need to know about targets and per-job settings
+comes from here, so that it is unit-tested and the rule files stay thin; the paths themselves are
+spelled in :mod:`ltpipe.paths`.
 """
 
 from __future__ import annotations
@@ -23,11 +16,10 @@ from typing import Any
 
 import yaml
 
+from ltpipe.data.sources import LIST_SOURCES, PROFILE_SOURCES, SOURCES
+from ltpipe.paths import Layout
 from ltpipe.utils import LtpipeError
 
-PROFILE_SOURCES = {"digits", "fashion_mnist", "cifar10", "cifar100"}
-LIST_SOURCES = {"imagenet_lt", "places_lt", "inat2018"}
-CACHE_EXT = {"zarr": "zarr", "hdf5": "h5"}
 COMPRESSION = {"zarr": {"zstd", "lz4", "blosc", "none"}, "hdf5": {"gzip", "lzf", "none"}}
 RECIPE_META_KEYS = {"seeds", "datasets"}  # recipe keys that place jobs, not trainer settings
 
@@ -71,7 +63,17 @@ def validate_schema(cfg: dict) -> None:
     """Check ``cfg`` against the JSON Schema; one error listing every violation by key path."""
     import jsonschema
 
+    from ltpipe.settings import retired
+
+    old = [f"{where}.{fix}" for where, keys in [("cache", cfg.get("cache") or {})] + [
+        (f"backbones.{name}", rc) for name, rc in (cfg.get("backbones") or {}).items()]
+        if isinstance(keys, dict) for fix in retired(keys)]
+    if old:
+        raise LtpipeError("config uses retired keys:\n  - " + "\n  - ".join(old))
     schema = load_yaml_strict(SCHEMA_PATH)
+    # the data sources' choices come from their registry (ltpipe.data.sources.SOURCES)
+    entry = schema["properties"]["datasets"]["additionalProperties"]
+    entry["properties"]["source"]["enum"] = list(SOURCES)
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=str)
     if errors:
         lines = []
@@ -138,8 +140,9 @@ class SplitKey:
     split_seed: int
 
     @property
-    def dir(self) -> str:
-        return f"{self.dataset}/if{self.imb}/s{self.split_seed}"
+    def fields(self) -> dict[str, Any]:
+        """The split's path fields (:mod:`ltpipe.paths`)."""
+        return {"dataset": self.dataset, "imb": self.imb, "split_seed": self.split_seed}
 
 
 def dataset_imbalance_factors(ds_cfg: dict) -> list:
@@ -180,23 +183,35 @@ def classifier_seeds(cfg: dict, clf: str) -> list[int]:
     return seeds or []
 
 
-def cache_path(cfg: dict, key_dir: str, backbone: str, seed: int) -> str:
-    ext = CACHE_EXT[cfg.get("cache", {}).get("backend", "zarr")]
-    return f"{cfg.get('results', 'results')}/{key_dir}/{backbone}/t{seed}/cache.{ext}"
+def sweep_table(cfg: dict) -> dict[tuple[str, str], dict]:
+    """``{(classifier, point): job}`` for every classifier entry and sweep point, built once.
+
+    A job is the method, the backbones it reads and the settings of that point.
+    """
+    return {(clf, pid): {"method": ccfg["method"], "backbones": list(ccfg["backbones"]),
+                         "settings": settings}
+            for clf, ccfg in cfg["classifiers"].items()
+            for pid, settings in sweep_points(ccfg.get("settings", {}))}
 
 
-def metric_targets(cfg: dict) -> list[str]:
+def classifier_job(jobs: dict[tuple[str, str], dict], clf: str, point: str) -> dict:
+    """The job of one sweep point of one classifier entry (``jobs``: :func:`sweep_table`)."""
+    try:
+        return jobs[clf, point]
+    except KeyError:
+        points = [p for c, p in jobs if c == clf]
+        raise LtpipeError(f"classifier {clf!r} has no sweep point {point!r}; its points: "
+                          f"{points}") from None
+
+
+def metric_targets(cfg: dict, jobs: dict[tuple[str, str], dict] | None = None) -> list[str]:
     """Every classifier-stage job's metrics.json: the workflow's leaves."""
-    results = cfg.get("results", "results")
-    out = []
-    for key in splits(cfg):
-        for clf, ccfg in cfg["classifiers"].items():
-            if key.dataset not in classifier_datasets(cfg, clf):
-                continue
-            for seed in classifier_seeds(cfg, clf):
-                for pid, _ in sweep_points(ccfg.get("settings", {})):
-                    out.append(f"{results}/{key.dir}/cls/{clf}/t{seed}/{pid}/metrics.json")
-    return out
+    layout, jobs = Layout(cfg), jobs or sweep_table(cfg)
+    return [layout.path("metrics", **key.fields, classifier=clf, seed=seed, point=point)
+            for key in splits(cfg) for clf in cfg["classifiers"]
+            if key.dataset in classifier_datasets(cfg, clf)
+            for seed in classifier_seeds(cfg, clf)
+            for c, point in jobs if c == clf]
 
 
 # ------------------------------------------------------------------------ per-job settings (params)
@@ -236,29 +251,18 @@ def dump_settings(cfg: dict) -> dict:
         "compression": c.get("compression", "none"),
         "fmap_dtype": c.get("fmap_dtype", "float16"),
         "batch_size": c.get("batch_size", 256),
-        "augmented_views": c.get("augmented_views", 0),
     }
-
-
-def classifier_job(cfg: dict, clf: str, point: str) -> dict:
-    """Method, backbones and the settings of one sweep point of one classifier entry."""
-    ccfg = cfg["classifiers"][clf]
-    for pid, settings in sweep_points(ccfg.get("settings", {})):
-        if pid == point:
-            return {"method": ccfg["method"], "backbones": list(ccfg["backbones"]),
-                    "settings": settings}
-    raise LtpipeError(f"classifier {clf!r} has no sweep point {point!r}")
 
 
 def classifier_inputs(cfg: dict, wc: Any) -> dict:
     """Input files of one classify job (``wc``: the rule's wildcards): split, caches, models."""
-    results = cfg.get("results", "results")
-    key_dir = f"{wc.dataset}/if{wc.imb}/s{wc.split_seed}"
+    layout = Layout(cfg)
+    run = {"dataset": wc.dataset, "imb": wc.imb, "split_seed": wc.split_seed, "seed": wc.seed}
     backbones = cfg["classifiers"][wc.classifier]["backbones"]
     return {
-        "split": f"{results}/{key_dir}/split.npz",
-        "caches": [cache_path(cfg, key_dir, b, int(wc.seed)) for b in backbones],
-        "models": [f"{results}/{key_dir}/{b}/t{wc.seed}/model.pt" for b in backbones],
+        "split": layout.path("split", **run),
+        "caches": [layout.path("cache", **run, backbone=b) for b in backbones],
+        "models": [layout.path("model", **run, backbone=b) for b in backbones],
     }
 
 
@@ -346,14 +350,14 @@ def _check_recipe(cfg: dict, rc: dict) -> list[str]:
     if unknown:
         out.append(f"unknown key(s) {unknown}; allowed: {sorted(RECIPE_DEFAULTS)} + "
                    f"{sorted(RECIPE_META_KEYS)}")
-    if rc["backbone"] not in model_names():
-        out.append(f"backbone: {rc['backbone']!r} is not registered; choose one of "
+    if rc["architecture"] not in model_names():
+        out.append(f"architecture: {rc['architecture']!r} is not registered; choose one of "
                    f"{sorted(model_names())}")
     else:
         try:
-            check_model_kwargs(rc["backbone"], rc.get("backbone_kwargs", {}))
+            check_model_kwargs(rc["architecture"], rc.get("architecture_kwargs", {}))
         except LtpipeError as err:
-            out.append(f"backbone_kwargs: {err}")
+            out.append(f"architecture_kwargs: {err}")
     loss = rc.get("loss", RECIPE_DEFAULTS.get("loss", "ce"))
     if loss not in LOSSES:
         out.append(f"loss: {loss!r} is not registered; choose one of {sorted(LOSSES)}")

@@ -80,6 +80,22 @@ def defaults(spec: dict[str, Setting]) -> dict[str, Any]:
     return {key: s.default for key, s in spec.items()}
 
 
+#: config keys that were renamed or removed -> what to write instead (read by the config checks
+#: and by :func:`resolve_settings`, so an old config or recipe gets the fix, not "unknown key")
+RETIRED_KEYS = {
+    "backbone": "renamed 'architecture' in a recipe (backbones.<name>.architecture: resnet32); "
+                "'backbone' names only the recipes",
+    "backbone_kwargs": "renamed 'architecture_kwargs'",
+    "augmented_views": "removed (no classifier-stage method read the cached augmented views); "
+                       "delete the key",
+}
+
+
+def retired(keys: Any) -> list[str]:
+    """``"'old': fix"`` for each of ``keys`` that :data:`RETIRED_KEYS` lists."""
+    return [f"{k!r}: {RETIRED_KEYS[k]}" for k in sorted(keys) if k in RETIRED_KEYS]
+
+
 def resolve_settings(owner: str, spec: dict[str, Setting], given: dict[str, Any] | None
                      ) -> dict[str, Any]:
     """``given`` over the defaults of ``spec``; ``LtpipeError`` on an unknown key or bad value.
@@ -89,6 +105,8 @@ def resolve_settings(owner: str, spec: dict[str, Setting], given: dict[str, Any]
     given = dict(given or {})
     allowed = ", ".join(sorted(spec))
     unknown = sorted(set(given) - set(spec))
+    if retired(unknown):
+        raise LtpipeError(f"{owner}: " + "; ".join(retired(unknown)))
     if unknown:
         raise LtpipeError(f"{owner} has no setting(s) {unknown}; allowed keys: {allowed}. "
                           "Remove or rename them in the config")

@@ -4,15 +4,15 @@
 
 rule train:
     input:
-        split=f"{SPLIT_DIR}/split.npz",
+        split=PATHS.pattern("split"),
     output:
-        model=f"{RUN_DIR}/model.pt",
+        model=PATHS.pattern("model"),
     params:
         recipe=lambda wc: as_json(recipe_settings(config, wc.backbone)),
     log:
-        f"{LOGS}/train/{{dataset}}_if{{imb}}_s{{split_seed}}_{{backbone}}_t{{seed}}.log",
+        PATHS.log("train"),
     benchmark:
-        f"{LOGS}/train/{{dataset}}_if{{imb}}_s{{split_seed}}_{{backbone}}_t{{seed}}.tsv"
+        PATHS.log("train", "tsv")
     threads: 2
     retries: 2
     resources:

@@ -3,14 +3,14 @@
 
 rule dump:
     input:
-        split=f"{SPLIT_DIR}/split.npz",
-        model=f"{RUN_DIR}/model.pt",
+        split=PATHS.pattern("split"),
+        model=PATHS.pattern("model"),
     output:
-        directory(f"{RUN_DIR}/cache.zarr") if CACHE_EXT == "zarr" else f"{RUN_DIR}/cache.h5",
+        directory(PATHS.pattern("cache")) if PATHS.ext == "zarr" else PATHS.pattern("cache"),
     params:
         settings=as_json(dump_settings(config)),
     log:
-        f"{LOGS}/dump/{{dataset}}_if{{imb}}_s{{split_seed}}_{{backbone}}_t{{seed}}.log",
+        PATHS.log("dump"),
     threads: 2
     resources:
         gpu=1,

@@ -18,13 +18,13 @@ rule classify:
     input:
         unpack(lambda wc: classifier_inputs(config, wc)),
     output:
-        metrics=f"{SPLIT_DIR}/cls/{{classifier}}/t{{seed}}/{{point}}/metrics.json",
-        logits=f"{SPLIT_DIR}/cls/{{classifier}}/t{{seed}}/{{point}}/logits.npz",
+        metrics=PATHS.pattern("metrics"),
+        logits=PATHS.pattern("logits"),
     params:
-        job=lambda wc: as_json(classifier_job(config, wc.classifier, wc.point)),
+        job=lambda wc: as_json(classifier_job(JOBS, wc.classifier, wc.point)),
         info=lambda wc: classifier_info(config, wc),
     log:
-        f"{LOGS}/classify/{{dataset}}_if{{imb}}_s{{split_seed}}_{{classifier}}_t{{seed}}_{{point}}.log",
+        PATHS.log("classify"),
     threads: 1
     group:
         "stage2"

@@ -11,7 +11,6 @@ from ltpipe.train.recipe import RUNTIME_ENV
 
 from ltpipe.config import (
     as_json,
-    cache_path,
     check_config,
     classifier_info,
     classifier_inputs,
@@ -22,8 +21,10 @@ from ltpipe.config import (
     recipe_settings,
     runtime_settings,
     split_settings,
+    sweep_table,
     validate_schema,
 )
+from ltpipe.paths import Layout
 
 for _path in workflow.configfiles:
     load_yaml_strict(_path)  # refuses duplicate keys, which plain YAML silently drops
@@ -56,12 +57,9 @@ _PYTHON_BIN = os.path.dirname(sys.executable)
 if os.environ.get("PATH", "").split(os.pathsep)[0] != _PYTHON_BIN:
     os.environ.update(PATH=os.pathsep.join(filter(None, [_PYTHON_BIN, os.environ.get("PATH")])))
 
-R = config["results"]
-SPLIT_DIR = f"{R}/{{dataset}}/if{{imb}}/s{{split_seed}}"
-RUN_DIR = f"{SPLIT_DIR}/{{backbone}}/t{{seed}}"
-CACHE_EXT = "zarr" if config["cache"]["backend"] == "zarr" else "h5"
-SUMMARY = [f"{R}/summary.csv", f"{R}/summary.md"]
-LOGS = f"{R}/logs"
+PATHS = Layout(config)  # every artifact's path pattern (ltpipe/paths.py)
+JOBS = sweep_table(config)  # {(classifier, point): job}, every sweep expanded once
+SUMMARY = [PATHS.pattern("summary_csv"), PATHS.pattern("summary_md")]
 
 
 wildcard_constraints:

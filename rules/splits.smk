@@ -3,11 +3,11 @@
 
 rule split:
     output:
-        f"{SPLIT_DIR}/split.npz",
+        PATHS.pattern("split"),
     params:
         settings=lambda wc: as_json(split_settings(config, wc.dataset)),
     log:
-        f"{LOGS}/split/{{dataset}}_if{{imb}}_s{{split_seed}}.log",
+        PATHS.log("split"),
     resources:
         runtime=30,
         mem_mb=4000,

@@ -29,7 +29,7 @@ BASE = {
     "cache": {"backend": "zarr", "compression": "none"},
     "datasets": {"digits": {"source": "digits", "imbalance_factors": [10], "split_seeds": [0],
                             "shot_thresholds": {"many": 50, "few": 20}}},
-    "backbones": {"ce": {"backbone": "resnet8", "epochs": 2, "warmup_epochs": 1,
+    "backbones": {"ce": {"architecture": "resnet8", "epochs": 2, "warmup_epochs": 1,
                          "seeds": [0]}},
     "classifiers": {"crt": {"method": "crt", "backbones": ["ce"]},
                     "tau_norm": {"method": "tau_norm", "backbones": ["ce"],
@@ -158,8 +158,8 @@ CONFIGS = {
 # before any job runs (fix: ltpipe/config.py, see the reason).
 LATE = "accepted by check-config; fix: ltpipe/config.py "
 CONFIGS_LATE = {
-    "backbone_kwarg_typo": (_set("backbones.ce.backbone_kwargs", {"stride": [1, 1, 2]}),
-                            ["'stride'"], LATE + "_check_recipe: check backbone_kwargs against "
+    "backbone_kwarg_typo": (_set("backbones.ce.architecture_kwargs", {"stride": [1, 1, 2]}),
+                            ["'stride'"], LATE + "_check_recipe: check architecture_kwargs against "
                             "the model constructor's keywords (ltpipe.models.build_model does, "
                             "at train time)"),
     "classifier_setting_type": (_set("classifiers.crt.settings", {"epochs": "ten"}),
@@ -330,7 +330,7 @@ def corrupt_image_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProce
     cfg = {"source": "imagenet_lt", "root": str(img), "lists": str(lists), "num_classes": 3}
     proc = _run(_split_cmd(cfg, tmp_path / "split.npz"))
     assert proc.returncode == 0, proc.stderr  # the split does not decode images
-    recipe = {"backbone": "resnet8", "backbone_kwargs": {"widths": [4, 4, 8]}, "epochs": 1,
+    recipe = {"architecture": "resnet8", "architecture_kwargs": {"widths": [4, 4, 8]}, "epochs": 1,
               "warmup_epochs": 0, "batch_size": 4, "image_size": 8, "loader_workers": 0,
               "final_eval": False}
     return tmp_path, _run([PY, "-m", "ltpipe", "train", "--split", str(tmp_path / "split.npz"),
@@ -382,7 +382,7 @@ def test_runtime_settings_from_the_environment(monkeypatch):
 
     cfg = copy.deepcopy(BASE)
     cfg["backbones"]["ce"].update(compile=True, loader_workers=2, epochs=3)
-    cfg["backbones"]["kps"] = {"backbone": "resnet8", "loss": "kps"}
+    cfg["backbones"]["kps"] = {"architecture": "resnet8", "loss": "kps"}
     assert json.loads(runtime_settings(cfg)) == {"ce": {"compile": True, "loader_workers": 2},
                                                  "kps": {}}
     monkeypatch.delenv(RUNTIME_ENV, raising=False)

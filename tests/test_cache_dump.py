@@ -15,7 +15,7 @@ from ltpipe.data import build_split, read_split, split_data, write_split
 from ltpipe.train.stage1 import load_checkpoint, train_stage1
 from ltpipe.utils import LtpipeError
 
-RECIPE = {"backbone": "resnet8", "backbone_kwargs": {"strides": [1, 1, 2]}, "epochs": 1,
+RECIPE = {"architecture": "resnet8", "architecture_kwargs": {"strides": [1, 1, 2]}, "epochs": 1,
           "warmup_epochs": 0,
           "batch_size": 64, "lr": 0.05}
 DS = {"source": "digits", "shot_thresholds": {"many": 50, "few": 20}}
@@ -47,7 +47,7 @@ def test_dump_contents(trained, tmp_path, backend):
     ext = "zarr" if backend == "zarr" else "h5"
     out = tmp_path / f"cache.{ext}"
     settings = {"backend": backend, "compression": "none", "fmap_dtype": "float16",
-                "batch_size": 100, "augmented_views": 1}
+                "batch_size": 100}
     manifest = dump_cache(trained / "split.npz", trained / "model.pt", out, settings,
                           log=lambda *_: None)
     split = read_split(trained / "split.npz")
@@ -59,7 +59,7 @@ def test_dump_contents(trained, tmp_path, backend):
         assert r.shape("train", "fmap") == (n_train, model.feature_dim, 4, 4)
         assert r.dtype("train", "fmap") == np.float16
         assert r.shape("test", "logits") == (300, 10)
-        assert r.shape("train_aug", "pooled") == (n_train, model.feature_dim)
+        assert sorted(r.groups()) == ["head", "meta", "test", "train"]
         labels = r.read("test", "labels")
         np.testing.assert_array_equal(labels, split_data(split, "test").labels)
         pooled = r.read("test", "pooled")
@@ -79,7 +79,7 @@ def test_dump_contents(trained, tmp_path, backend):
 
 def test_dump_refuses_existing_and_leaves_nothing_on_failure(trained, tmp_path):
     settings = {"backend": "zarr", "compression": "none", "fmap_dtype": "float32",
-                "batch_size": 64, "augmented_views": 0}
+                "batch_size": 64}
     out = tmp_path / "cache.zarr"
     other = build_split("digits", DS, 10.0, 1)
     write_split(tmp_path / "other.npz", other)
@@ -90,7 +90,7 @@ def test_dump_refuses_existing_and_leaves_nothing_on_failure(trained, tmp_path):
 
 def test_classifier_job_checks_split_and_backbone(trained, tmp_path):
     settings = {"backend": "zarr", "compression": "none", "fmap_dtype": "float16",
-                "batch_size": 128, "augmented_views": 0}
+                "batch_size": 128}
     cache = tmp_path / "cache.zarr"
     dump_cache(trained / "split.npz", trained / "model.pt", cache, settings)
     res = run_classifier_job(split_path=str(trained / "split.npz"), cache_paths=[str(cache)],
@@ -143,7 +143,7 @@ def test_artifacts_record_provenance(trained, tmp_path):
     cache = tmp_path / "cache.zarr"
     manifest = dump_cache(trained / "split.npz", trained / "model.pt", cache,
                           {"backend": "zarr", "compression": "none", "fmap_dtype": "float16",
-                           "batch_size": 128, "augmented_views": 0}, log=lambda *_: None)
+                           "batch_size": 128}, log=lambda *_: None)
     assert manifest["code"] == code and manifest["backbone_sha256"] == model_sha
     run_classifier_job(split_path=str(trained / "split.npz"), cache_paths=[str(cache)],
                        method="joint", settings={}, seed=0, out_dir=str(tmp_path / "job"),
@@ -163,7 +163,7 @@ def test_artifacts_record_provenance(trained, tmp_path):
     other = tmp_path / "other.zarr"
     dump_cache(trained / "split.npz", trained / "model.pt", other,
                {"backend": "zarr", "compression": "none", "fmap_dtype": "float32",
-                "batch_size": 128, "augmented_views": 0}, log=lambda *_: None)
+                "batch_size": 128}, log=lambda *_: None)
     with open_cache(other) as r:
         assert r.digest != prov["caches"][0]["digest"]
     (row,) = rows_from_metrics([metrics_path])
@@ -183,7 +183,7 @@ def test_classify_cli_leases_a_gpu_where_configured(trained, tmp_path, monkeypat
     cache = tmp_path / "cache.zarr"
     dump_cache(trained / "split.npz", trained / "model.pt", cache,
                {"backend": "zarr", "compression": "none", "fmap_dtype": "float16",
-                "batch_size": 128, "augmented_views": 0}, log=lambda *_: None)
+                "batch_size": 128}, log=lambda *_: None)
     settings = {"iterations": 20} if method == "fsa" else {}
     job = json.dumps({"method": method, "settings": settings})
     monkeypatch.setenv("LTPIPE_FAKE_GPUS", "1")
@@ -221,7 +221,7 @@ def test_classify_memory_request_follows_the_cache(trained, tmp_path):
     cache = tmp_path / "cache.zarr"
     dump_cache(trained / "split.npz", trained / "model.pt", cache,
                {"backend": "zarr", "compression": "none", "fmap_dtype": "float16",
-                "batch_size": 128, "augmented_views": 0}, log=lambda *_: None)
+                "batch_size": 128}, log=lambda *_: None)
     with open_cache(cache) as reader:
         joint, fsa_bytes = mem.held_bytes("joint", reader), mem.held_bytes("fsa", reader)
         n, d, h, w = reader.shape("train", "fmap")
@@ -244,7 +244,7 @@ def test_closed_form_jobs_never_import_torch(trained, tmp_path):
     cache = tmp_path / "cache.zarr"
     dump_cache(trained / "split.npz", trained / "model.pt", cache,
                {"backend": "zarr", "compression": "none", "fmap_dtype": "float16",
-                "batch_size": 128, "augmented_views": 0}, log=lambda *_: None)
+                "batch_size": 128}, log=lambda *_: None)
     root = Path(__file__).resolve().parent.parent
     for method, uses_torch in (("joint", False), ("tau_norm", False), ("ncm", False),
                                ("logit_adjust", False), ("lws", True)):

@@ -17,6 +17,7 @@ from ltpipe.config import (
     split_settings,
     splits,
     sweep_points,
+    sweep_table,
     validate_schema,
 )
 from ltpipe.utils import LtpipeError
@@ -63,10 +64,45 @@ def test_metric_targets_of_default(cfg):
 def test_per_job_settings_hold_only_their_own(cfg):
     assert "imbalance_factors" not in split_settings(cfg, "digits")
     assert "seeds" not in recipe_settings(cfg, "ce")
-    job = classifier_job(cfg, "tau_norm", "tau=1.5")
+    jobs = sweep_table(cfg)
+    job = classifier_job(jobs, "tau_norm", "tau=1.5")
     assert job == {"method": "tau_norm", "backbones": ["ce"], "settings": {"tau": 1.5}}
-    with pytest.raises(LtpipeError, match="no sweep point"):
-        classifier_job(cfg, "tau_norm", "tau=9.0")
+    with pytest.raises(LtpipeError, match=r"no sweep point 'tau=9.0'; its points: \['tau=0.0'"):
+        classifier_job(jobs, "tau_norm", "tau=9.0")
+
+
+def test_sweep_table_expands_each_sweep_once(cfg):
+    cfg["classifiers"] = {"a": {"method": "tau_norm", "backbones": ["ce"],
+                                "settings": {"tau": [0.5, 1.0]}},
+                          "b": {"method": "ncm", "backbones": ["ce"]}}
+    assert sweep_table(cfg) == {
+        ("a", "tau=0.5"): {"method": "tau_norm", "backbones": ["ce"], "settings": {"tau": 0.5}},
+        ("a", "tau=1.0"): {"method": "tau_norm", "backbones": ["ce"], "settings": {"tau": 1.0}},
+        ("b", "default"): {"method": "ncm", "backbones": ["ce"], "settings": {}}}
+
+
+@pytest.mark.parametrize("where, key, fix", [
+    ("backbones.ce", "backbone", "renamed 'architecture'"),
+    ("backbones.ce", "backbone_kwargs", "renamed 'architecture_kwargs'"),
+    ("cache", "augmented_views", "removed"),
+])
+def test_retired_keys_name_the_fix(cfg, where, key, fix):
+    section = cfg
+    for part in where.split("."):
+        section = section[part]
+    section[key] = "x"
+    with pytest.raises(LtpipeError, match=rf"{where}.'{key}': {fix}"):
+        validate_schema(cfg)
+
+
+def test_data_sources_come_from_their_registry(cfg):
+    from ltpipe.data.sources import NUM_CLASSES, SOURCES
+
+    assert set(NUM_CLASSES) == set(SOURCES)
+    assert NUM_CLASSES["cifar100"] == 100 and NUM_CLASSES["inat2018"] == 8142
+    cfg["datasets"]["digits"]["source"] = "cifar1000"
+    with pytest.raises(LtpipeError, match=r"'cifar1000' is not allowed; choose one of \['digits'"):
+        validate_schema(cfg)
 
 
 def test_val_per_class_reaches_the_split_params_unless_zero(cfg):
@@ -122,7 +158,7 @@ DOMAIN = [
     (lambda c: c["classifiers"]["crt"].update(method="magic"), "'magic' is not registered"),
     (lambda c: c["classifiers"]["tau_norm"].update(settings={"tau": []}), "empty sweep"),
     (lambda c: c["classifiers"]["tau_norm"].update(settings={"tua": 1.0}), "has no setting"),
-    (lambda c: c["backbones"]["ce"].update(backbone="resnet9000"), "not registered"),
+    (lambda c: c["backbones"]["ce"].update(architecture="resnet9000"), "not registered"),
     (lambda c: c["backbones"]["ce"].update(loss="hinge"), "'hinge' is not registered"),
     (lambda c: c["backbones"]["ce"].update(learning_rate=0.1), "unknown key"),
     (lambda c: c["backbones"]["ce"].update(milestones=[20, 10]), "milestones"),
@@ -159,3 +195,19 @@ def test_ffn_weight_out_of_range(cfg):
     bad["classifiers"]["ffn"]["backbones"] = ["kps"]
     with pytest.raises(LtpipeError, match="reads 2 backbone"):
         check_config(bad)
+
+
+def test_paths_layout_fills_and_parses_the_same_templates():
+    from ltpipe.paths import Layout, parse
+
+    layout = Layout({"results": "res", "cache": {"backend": "hdf5"}})
+    run = {"dataset": "toy", "imb": "8", "split_seed": 3, "backbone": "ce_mix", "seed": 7}
+    assert layout.path("cache", **run) == "res/toy/if8/s3/ce_mix/t7/cache.h5"
+    assert layout.pattern("model") == \
+        "res/{dataset}/if{imb}/s{split_seed}/{backbone}/t{seed}/model.pt"
+    assert layout.log("train", "tsv") == \
+        "res/logs/train/{dataset}_if{imb}_s{split_seed}_{backbone}_t{seed}.tsv"
+    assert parse("cache", layout.path("cache", **run)) == {k: str(v) for k, v in run.items()}
+    assert parse("cache", "res/cache.zarr") is None
+    assert Layout({}).path("split", dataset="d", imb="10", split_seed=0) == \
+        "results/d/if10/s0/split.npz"

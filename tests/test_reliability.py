@@ -30,13 +30,12 @@ from test_workflow import planned_jobs
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 # 8x8 digits, 585 training images, batch 32 -> 18 steps per epoch; 3 epochs = 54 steps.
-RECIPE = {"backbone": "resnet8", "backbone_kwargs": {"widths": [8, 8, 16]}, "epochs": 3,
+RECIPE = {"architecture": "resnet8", "architecture_kwargs": {"widths": [8, 8, 16]}, "epochs": 3,
           "batch_size": 32, "lr": 0.1, "warmup_epochs": 1, "augment": "crop",
           "final_eval": False}
 SPE = 18
 DS = {"source": "digits", "shot_thresholds": {"many": 50, "few": 20}, "test_per_class": 30}
-DUMP = {"backend": "zarr", "compression": "none", "fmap_dtype": "float16", "batch_size": 64,
-        "augmented_views": 0}
+DUMP = {"backend": "zarr", "compression": "none", "fmap_dtype": "float16", "batch_size": 64}
 
 HOOK = '''
 """Test-only fault hooks for tests/test_reliability.py (inert unless RELTEST_* is set)."""

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ltpipe.data.samplers import LabelSampler, class_probabilities, sample_indices
+from ltpipe.data.samplers import LabelSampler, class_probabilities
 from ltpipe.utils import LtpipeError
 
 COUNTS = [100, 25, 4, 0]
@@ -37,6 +37,10 @@ def test_class_probabilities_errors():
         class_probabilities(COUNTS, "sqrt", power=0.3)
     with pytest.raises(LtpipeError, match="all zero"):
         class_probabilities([0, 0], "instance")
+
+
+def sample_indices(labels, kind, num_samples, generator, power=None):
+    return LabelSampler(labels, kind, power).sample(num_samples, generator)
 
 
 def labels_with_counts(counts):

@@ -22,7 +22,7 @@ from ltpipe.train.stage1 import (
 from ltpipe.utils import LtpipeError, sha256_file
 
 # 8x8 digits, 585 training images: batch 32 -> 18 steps per epoch.
-TINY = {"backbone": "resnet8", "backbone_kwargs": {"widths": [8, 8, 16]}, "epochs": 2,
+TINY = {"architecture": "resnet8", "architecture_kwargs": {"widths": [8, 8, 16]}, "epochs": 2,
         "batch_size": 32, "lr": 0.1, "warmup_epochs": 1, "milestones": [1], "gamma": 0.5,
         "augment": "crop", "final_eval": False}
 STEPS_PER_EPOCH = 18

@@ -239,7 +239,7 @@ VAL_CONFIG = {
     "results": "results",
     "datasets": {"digits": {"source": "digits", "imbalance_factors": [10], "split_seeds": [0],
                             "shot_thresholds": {"many": 50, "few": 20}, "val_per_class": 10}},
-    "backbones": {"ce": {"backbone": "resnet8", "backbone_kwargs": {"widths": [8, 8, 16]},
+    "backbones": {"ce": {"architecture": "resnet8", "architecture_kwargs": {"widths": [8, 8, 16]},
                          "epochs": 2, "batch_size": 32, "lr": 0.1, "warmup_epochs": 1,
                          "augment": "crop", "final_eval": False, "seeds": [0]}},
     "classifiers": {"joint": {"method": "joint", "backbones": ["ce"]},

@@ -5,8 +5,7 @@ float32, ``fmap`` [N, D, H, W] (float16 or float32), ``logits`` [N, C] float32 (
 head's output times the loss scale), ``labels``, ``ids`` and ``cam`` [N, H, W] float32 (the
 sample's own-class activation map, min-max normalised; methods.md FSA). Group ``head`` holds the
 stage-one head's ``weight`` (and ``bias`` for a linear head); group ``meta`` holds
-``class_counts`` and ``shot_groups``. With ``augmented_views`` K > 0, group ``train_aug`` holds K
-randomly augmented passes over the training set (same arrays, ``view`` gives the pass).
+``class_counts`` and ``shot_groups``.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ def dump_cache(split_path: str | Path, model_path: str | Path, out_path: str | P
                settings: dict, *, device: str = "cpu", log=print) -> dict:
     """Write the feature cache of ``model_path`` on ``split_path`` to ``out_path`` atomically.
 
-    ``settings``: backend, compression, fmap_dtype, batch_size, augmented_views (config.yaml
+    ``settings``: backend, compression, fmap_dtype, batch_size (config.yaml
     ``cache:``). Returns the manifest. A failure at any point leaves nothing at ``out_path``.
     """
 
@@ -78,10 +77,6 @@ def dump_cache(split_path: str | Path, model_path: str | Path, out_path: str | P
             n = _write_part(writer, part, model, data, meta, scale, fmap_dtype, settings, device,
                             head_w)
             log(f"dump: {part}: {n} samples")
-        views = int(settings.get("augmented_views", 0))
-        if views:
-            _write_augmented(writer, model, split_data(split, "train"), meta, scale, fmap_dtype,
-                             settings, device, head_w, views, log)
         writer.write("head", "weight", head_w.float().cpu().numpy())
         bias = getattr(model.head, "bias", None)
         if bias is not None:
@@ -93,7 +88,7 @@ def dump_cache(split_path: str | Path, model_path: str | Path, out_path: str | P
 
 
 def _create_arrays(writer, group: str, n: int, fmap_shape: tuple, num_classes: int,
-                   fmap_dtype: np.dtype, extra: tuple = ()) -> None:
+                   fmap_dtype: np.dtype) -> None:
     d, h, w = fmap_shape
     writer.create(group, "pooled", (d,), np.float32, expected_rows=n)
     writer.create(group, "fmap", (d, h, w), fmap_dtype, expected_rows=n)
@@ -101,12 +96,10 @@ def _create_arrays(writer, group: str, n: int, fmap_shape: tuple, num_classes: i
     writer.create(group, "cam", (h, w), np.float32, expected_rows=n)
     writer.create(group, "labels", (), np.int64, expected_rows=n)
     writer.create(group, "ids", (), np.int64, expected_rows=n)
-    for name in extra:
-        writer.create(group, name, (), np.int64, expected_rows=n)
 
 
 def _append_batch(writer, group: str, model, x, y, ids, scale: float, fmap_dtype: np.dtype,
-                  head_w, created: dict, n_total: int, extra: dict | None = None) -> None:
+                  head_w, created: dict, n_total: int) -> None:
     import torch
 
     with torch.inference_mode():
@@ -115,7 +108,7 @@ def _append_batch(writer, group: str, model, x, y, ids, scale: float, fmap_dtype
         cam = class_activation_maps(fmap, head_w.float(), y)
     if not created.get(group):
         _create_arrays(writer, group, n_total, tuple(fmap.shape[1:]),
-                       out["logits"].shape[1], fmap_dtype, tuple(extra or ()))
+                       out["logits"].shape[1], fmap_dtype)
         created[group] = True
     writer.append(group, "pooled", out["pooled"].float().cpu().numpy())
     writer.append(group, "fmap", fmap.cpu().numpy().astype(fmap_dtype, copy=False))
@@ -123,8 +116,6 @@ def _append_batch(writer, group: str, model, x, y, ids, scale: float, fmap_dtype
     writer.append(group, "cam", cam.cpu().numpy())
     writer.append(group, "labels", y.cpu().numpy().astype(np.int64))
     writer.append(group, "ids", ids.cpu().numpy().astype(np.int64))
-    for name, value in (extra or {}).items():
-        writer.append(group, name, np.full(len(y), value, dtype=np.int64))
 
 
 def _write_part(writer, part, model, data, meta, scale, fmap_dtype, settings, device,
@@ -138,19 +129,3 @@ def _write_part(writer, part, model, data, meta, scale, fmap_dtype, settings, de
         _append_batch(writer, part, model, x, y, ids, scale, fmap_dtype, head_w, created, n_total)
     return n_total
 
-
-def _write_augmented(writer, model, data, meta, scale, fmap_dtype, settings, device, head_w,
-                     views: int, log) -> None:
-    from ltpipe.data.batches import augmented_batches
-
-    created: dict = {}
-    n_total = len(data.labels) * views
-    recipe = meta.get("recipe") or {}
-    for view in range(views):
-        for x, y, ids in augmented_batches(data, meta["normalization"],
-                                           int(settings.get("batch_size", 256)), device,
-                                           augment=recipe.get("augment", "crop_flip"),
-                                           seed=view):
-            _append_batch(writer, "train_aug", model, x, y, ids, scale, fmap_dtype, head_w,
-                          created, n_total, extra={"view": view})
-        log(f"dump: train_aug view {view + 1}/{views}")

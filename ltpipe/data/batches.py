@@ -232,13 +232,6 @@ def eval_batches(data: Any, normalization: dict, batch_size: int, device: str | 
     yield from _ordered_batches(data, normalization, batch_size, device, None, 0)
 
 
-def augmented_batches(data: Any, normalization: dict, batch_size: int,
-                      device: str | torch.device, augment: str = "crop_flip", seed: int = 0
-                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Like ``eval_batches`` but each image augmented as in training (seeded by ``seed``)."""
-    yield from _ordered_batches(data, normalization, batch_size, device, augment, seed)
-
-
 def _ordered_batches(data, normalization, batch_size, device, augment, seed):
     device = torch.device(device)
     mean, std = _norm_tensors(normalization, device)

@@ -99,8 +99,3 @@ class LabelSampler:
                                     generator=generator)
         return self.draw_within(classes, generator)
 
-
-def sample_indices(labels: torch.Tensor, kind: str, num_samples: int,
-                   generator: torch.Generator, power: float | None = None) -> torch.Tensor:
-    """Draw ``num_samples`` indices into ``labels`` with the sampler ``kind`` (see module doc)."""
-    return LabelSampler(labels, kind, power).sample(num_samples, generator)

@@ -347,6 +347,21 @@ SOURCES: dict[str, Callable[[dict[str, Any]], Source]] = {
     "places_lt": _factory(ListSource, "places_lt"),
     "inat2018": _factory(ListSource, "inat2018"),
 }
+"""The registry of data sources: every other list of sources (the config schema's choices, the
+config checks, the report's class counts) is read from here."""
+
+#: the sources that draw a long-tailed profile from a balanced pool (``imbalance_factors`` apply)
+PROFILE_SOURCES: tuple[str, ...] = tuple(n for n in SOURCES if n not in ListSource.LAYOUTS)
+#: the natively long-tailed sources given by list files (``root`` and ``lists`` apply)
+LIST_SOURCES: tuple[str, ...] = tuple(n for n in SOURCES if n in ListSource.LAYOUTS)
+#: classes of each source (a list source's ``num_classes`` setting may override its default)
+NUM_CLASSES: dict[str, int] = {
+    "digits": DigitsSource.num_classes,
+    "fashion_mnist": FashionMnistSource.num_classes,
+    **{name: layout["num_classes"] for name, layout in formats.CIFAR_LAYOUTS.items()},
+    **{name: layout[0] for name, layout in ListSource.LAYOUTS.items()},
+}
+assert set(NUM_CLASSES) == set(SOURCES), "every registered source needs its class count"
 
 DEFAULT_SHOT_THRESHOLDS: dict[str, dict[str, int]] = {
     name: dict(DEFAULT_THRESHOLDS) for name in SOURCES
@@ -354,7 +369,9 @@ DEFAULT_SHOT_THRESHOLDS: dict[str, dict[str, int]] = {
 DEFAULT_SHOT_THRESHOLDS["digits"] = {"many": 50, "few": 20}
 
 
-PROFILE_SOURCES: tuple[str, ...] = tuple(n for n in SOURCES if n not in ListSource.LAYOUTS)
+def num_classes_of(dataset_cfg: dict[str, Any]) -> int:
+    """Classes of a data set entry without opening it: its ``num_classes`` or its source's."""
+    return int(dataset_cfg.get("num_classes") or NUM_CLASSES[dataset_cfg["source"]])
 
 
 def val_per_class_problem(source: str, value: Any) -> str | None:

@@ -160,7 +160,7 @@ def run_traits(cfg: dict) -> dict:
     return {
         "datasets": {name: ds["source"] for name, ds in cfg["datasets"].items()},
         "backbones": {
-            name: {"architecture": rc["backbone"], "loss": rc.get("loss", "ce"),
+            name: {"architecture": rc["architecture"], "loss": rc.get("loss", "ce"),
                    "mixup": float(rc.get("mixup_alpha", 0.0) or 0.0) > 0,
                    "afa": bool(rc.get("afa"))}
             for name, rc in cfg["backbones"].items()

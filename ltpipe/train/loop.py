@@ -55,14 +55,14 @@ class Stage1Trainer:
         self.normalization = normalization or compute_normalization(
             train_data, recipe["image_size"], workers=recipe["loader_workers"])
         in_channels = int(train_data.images.shape[-1]) if is_in_memory(train_data) else 3
-        kwargs = dict(recipe["backbone_kwargs"])
+        kwargs = dict(recipe["architecture_kwargs"])
         afa_model = None
         if recipe["afa"] is not None:
             afa_model = {k: v for k, v in recipe["afa"].items() if k not in ("t", "lam")}
             side = train_data.images.shape[1] if is_in_memory(train_data) else recipe["image_size"]
             kwargs.setdefault("input_size", int(side))
         seed_everything(seed)  # Python, NumPy and torch (CPU and CUDA) global RNGs
-        self.model = build_model(recipe["backbone"], num_classes, in_channels=in_channels,
+        self.model = build_model(recipe["architecture"], num_classes, in_channels=in_channels,
                                  head=recipe["head"], afa=afa_model, **kwargs)
         self.init_weights: dict[str, Any] | None = None
         if recipe["init_weights"] is not None:

@@ -30,11 +30,11 @@ def _is_milestones(v: Any) -> bool:
 
 # Every key train_stage1 accepts, declared once (ltpipe.settings): default, check, unit.
 RECIPE_SETTINGS: dict[str, Setting] = {
-    "backbone": Setting("resnet32", lambda v: isinstance(v, str) and bool(v),
-                        "a model registry name such as 'resnet32'",
-                        "registry name in ltpipe.models (resnet32, resnet50, ...)"),
-    "backbone_kwargs": Setting({}, _is_dict, "a dict (possibly empty)",
-                               "extra keyword arguments of the backbone constructor"),
+    "architecture": Setting("resnet32", lambda v: isinstance(v, str) and bool(v),
+                            "a model registry name such as 'resnet32'",
+                            "registry name in ltpipe.models (resnet32, resnet50, ...)"),
+    "architecture_kwargs": Setting({}, _is_dict, "a dict (possibly empty)",
+                                   "extra keyword arguments of the architecture's constructor"),
     "head": choice("linear", ("linear", "cosine"), doc="cosine: the scale lives in the loss"),
     "loss": Setting("ce", lambda v: isinstance(v, str) and bool(v), "a loss name such as 'ce'",
                     "ltpipe.losses name: ce, focal, ldam, balanced_softmax, kps, bfs"),
