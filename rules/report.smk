@@ -15,7 +15,9 @@ from ltpipe.report.targets import (
 )
 
 REPORT_TARGETS = plot_targets(config)
-PLOTS = f"{R}/{{dataset}}/if{{imb}}/plots"
+R = PATHS.results
+LOGS = f"{R}/logs"
+PLOTS = PATHS.pattern("plots")
 
 
 report: "../workflow/report/workflow.rst"
@@ -23,7 +25,7 @@ report: "../workflow/report/workflow.rst"
 
 rule summary:
     input:
-        metric_targets(config),
+        metric_targets(config, JOBS),
     output:
         csv=report(SUMMARY[0], caption="../workflow/report/summary.rst", category="1. Tables"),
         md=SUMMARY[1],

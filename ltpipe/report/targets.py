@@ -9,12 +9,12 @@ drawn per group, with the ``joint`` entries on the group's backbones as the base
 from __future__ import annotations
 
 from ltpipe.config import (
-    cache_path,
     classifier_datasets,
     classifier_seeds,
     splits,
     sweep_points,
 )
+from ltpipe.paths import Layout
 
 # Number of classes per data source: a confusion matrix is drawn only where C <= CONFUSION_MAX.
 NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
@@ -32,7 +32,7 @@ def _results(cfg: dict) -> str:
 
 
 def _split_dirs(cfg: dict, dataset: str, imb: str) -> list[tuple[int, str]]:
-    return [(k.split_seed, k.dir) for k in splits(cfg) if k.dataset == dataset and k.imb == imb]
+    return [(k.split_seed, k.fields) for k in splits(cfg) if k.dataset == dataset and k.imb == imb]
 
 
 def _entries(cfg: dict, dataset: str) -> list[str]:
@@ -75,19 +75,19 @@ def swept_entries(cfg: dict, dataset: str) -> list[str]:
 
 
 def entry_files(cfg: dict, dataset: str, imb: str, clf: str, name: str) -> list[str]:
-    """``name`` (metrics.json / logits.npz) of every split seed, training seed and point."""
+    """Artifact ``name`` (metrics / logits) of every split seed, training seed and point."""
     points = [p for p, _ in sweep_points(cfg["classifiers"][clf].get("settings", {}))]
-    return [f"{_results(cfg)}/{d}/cls/{clf}/t{seed}/{p}/{name}"
+    return [Layout(cfg).path(name, **d, classifier=clf, seed=seed, point=p)
             for _, d in _split_dirs(cfg, dataset, imb)
             for seed in classifier_seeds(cfg, clf) for p in points]
 
 
 def metrics_of(cfg: dict, dataset: str, imb: str, entries: list[str]) -> list[str]:
-    return [f for c in entries for f in entry_files(cfg, dataset, imb, c, "metrics.json")]
+    return [f for c in entries for f in entry_files(cfg, dataset, imb, c, "metrics")]
 
 
 def logits_of(cfg: dict, dataset: str, imb: str, entries: list[str]) -> list[str]:
-    return [f for c in entries for f in entry_files(cfg, dataset, imb, c, "logits.npz")]
+    return [f for c in entries for f in entry_files(cfg, dataset, imb, c, "logits")]
 
 
 def group_caches(cfg: dict, dataset: str, imb: str, group: str) -> list[str]:
@@ -95,7 +95,8 @@ def group_caches(cfg: dict, dataset: str, imb: str, group: str) -> list[str]:
     seeds: set[int] = set()
     for clf in group_entries(cfg, dataset, group):
         seeds |= set(classifier_seeds(cfg, clf))
-    return [cache_path(cfg, d, b, s) for _, d in _split_dirs(cfg, dataset, imb)
+    return [Layout(cfg).path("cache", **d, backbone=b, seed=s)
+            for _, d in _split_dirs(cfg, dataset, imb)
             for b in group.split("+") for s in sorted(seeds)]
 
 
@@ -120,7 +121,7 @@ def first_run(cfg: dict, dataset: str, imb: str, backbones: list[str]) -> tuple[
 
 def tsne_caches(cfg: dict, dataset: str, imb: str, backbones: list[str]) -> list[str]:
     d, seed = first_run(cfg, dataset, imb, backbones)
-    return [cache_path(cfg, d, b, seed) for b in backbones]
+    return [Layout(cfg).path("cache", **d, backbone=b, seed=seed) for b in backbones]
 
 
 def fused_entries(cfg: dict, dataset: str) -> list[str]:
