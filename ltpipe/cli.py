@@ -42,7 +42,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     recipe = dict(args.recipe)
     if args.runtime_of is not None:
-        runtime = _runtime_settings(args.runtime_of)
+        from ltpipe.runtime import recipe_runtime
+
+        runtime = recipe_runtime(args.runtime_of)
         print(f"train: speed-only settings of {args.runtime_of!r} from the environment (not "
               f"Snakemake params): {json.dumps(runtime, sort_keys=True)}", flush=True)
         recipe.update(runtime)
@@ -52,25 +54,6 @@ def cmd_train(args: argparse.Namespace) -> None:
                                threads=args.threads, deterministic=args.deterministic)
         _lease_line("released", device)
     print(f"train: done: {json.dumps(metrics)}")
-
-
-def _runtime_settings(backbone: str) -> dict:
-    """The speed-only recipe keys of ``backbone`` that the Snakefile put in the environment."""
-    from ltpipe.train.recipe import RUNTIME_ENV, RUNTIME_KEYS
-
-    text = os.environ.get(RUNTIME_ENV)
-    if text is None:
-        return {}  # not started by ltpipe's Snakefile: the recipe's own values (or defaults)
-    try:
-        table = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise LtpipeError(f"environment variable {RUNTIME_ENV} is not JSON ({err}); unset it or "
-                          "let ltpipe's Snakefile set it") from None
-    entry = table.get(backbone, {}) if isinstance(table, dict) else None
-    if not isinstance(entry, dict) or set(entry) - set(RUNTIME_KEYS):
-        raise LtpipeError(f"{RUNTIME_ENV}[{backbone!r}] = {entry!r}: expected a dict with keys "
-                          f"among {list(RUNTIME_KEYS)}; unset the variable or fix it")
-    return entry
 
 
 def _lease_line(event: str, device) -> None:

@@ -228,20 +228,11 @@ def split_settings(cfg: dict, dataset: str) -> dict:
 
 def recipe_settings(cfg: dict, backbone: str) -> dict:
     """The trainer settings of one stage-one recipe that decide its result: the train rule's
-    params (without seeds / dataset placement, and without the speed-only ``RUNTIME_KEYS``)."""
-    from ltpipe.train.recipe import RUNTIME_KEYS
+    params (without seeds / dataset placement, and without the runtime keys, ltpipe.runtime)."""
+    from ltpipe.runtime import split_recipe
 
-    return {k: v for k, v in cfg["backbones"][backbone].items()
-            if k not in RECIPE_META_KEYS and k not in RUNTIME_KEYS}
-
-
-def runtime_settings(cfg: dict) -> str:
-    """JSON {backbone: {speed-only recipe keys}}: what the Snakefile puts in the environment
-    variable ``ltpipe.train.recipe.RUNTIME_ENV`` for ``ltpipe train --runtime-of``."""
-    from ltpipe.train.recipe import RUNTIME_KEYS
-
-    return as_json({name: {k: v for k, v in rc.items() if k in RUNTIME_KEYS}
-                    for name, rc in cfg["backbones"].items()})
+    settings, _ = split_recipe(cfg["backbones"][backbone])
+    return {k: v for k, v in settings.items() if k not in RECIPE_META_KEYS}
 
 
 def dump_settings(cfg: dict) -> dict:

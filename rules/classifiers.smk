@@ -6,12 +6,10 @@
 
 # gpu: 1 where the config's classify_device asks for one (cuda, or auto for gradient-trained
 # methods; ltpipe/classifiers/device.py); the job then leases it like train and dump. The choice
-# reaches jobs through the environment, not params: changing it reruns nothing.
+# reaches jobs through the environment (ltpipe/runtime.py): changing it reruns nothing.
 
-from ltpipe.classifiers.device import DEVICE_ENV, rule_gpu
+from ltpipe.classifiers.device import rule_gpu
 from ltpipe.classifiers.memory import rule_mem_mb
-
-os.environ[DEVICE_ENV] = config.get("classify_device", "cpu")
 
 
 rule classify:

@@ -7,7 +7,7 @@ sys.path.insert(0, workflow.basedir)  # use this checkout's ltpipe package
 from snakemake.utils import validate
 
 from ltpipe.slurm_fit import check_workflow as check_slurm_fit
-from ltpipe.train.recipe import RUNTIME_ENV
+from ltpipe import runtime
 
 from ltpipe.config import (
     as_json,
@@ -19,7 +19,6 @@ from ltpipe.config import (
     load_yaml_strict,
     metric_targets,
     recipe_settings,
-    runtime_settings,
     split_settings,
     sweep_table,
     validate_schema,
@@ -36,10 +35,10 @@ if workflow.is_main_process:
     # Snakemake again on the node, with the config the main process already checked.
     check_config(config)
 
-# Speed-only recipe keys (compile, loader_workers, checkpoint_every, eval_batch_size) reach the
-# train jobs through the environment, not params: changing them does not retrain a backbone.
-# Jobs inherit it locally; on a cluster the job's own Snakemake sets it again from this line.
-os.environ[RUNTIME_ENV] = runtime_settings(config)
+# Runtime settings (the recipes' speed-only keys, classify_device) reach the jobs through the
+# environment, not params: changing one reruns nothing (ltpipe/runtime.py). Jobs inherit it
+# locally; on a cluster each job's own Snakemake sets it again from this line.
+runtime.export(config)
 
 
 onstart:

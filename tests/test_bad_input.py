@@ -375,19 +375,26 @@ def test_missing_cifar_root_refused_at_split_job(tmp_path):
 def test_runtime_settings_from_the_environment(monkeypatch):
     """``ltpipe train --runtime-of NAME`` reads NAME's speed-only keys from the variable the
     Snakefile sets; a broken variable is refused naming it, an absent one means defaults."""
-    from ltpipe.cli import _runtime_settings
-    from ltpipe.config import runtime_settings
-    from ltpipe.train.recipe import RUNTIME_ENV
+    from ltpipe.config import recipe_settings
+    from ltpipe.runtime import DEVICE_ENV, classify_device, export
+    from ltpipe.runtime import RECIPES_ENV as RUNTIME_ENV
+    from ltpipe.runtime import recipe_runtime as _runtime_settings
     from ltpipe.utils import LtpipeError
 
     cfg = copy.deepcopy(BASE)
     cfg["backbones"]["ce"].update(compile=True, loader_workers=2, epochs=3)
     cfg["backbones"]["kps"] = {"architecture": "resnet8", "loss": "kps"}
-    assert json.loads(runtime_settings(cfg)) == {"ce": {"compile": True, "loader_workers": 2},
-                                                 "kps": {}}
+    cfg["classify_device"] = "auto"
+    env: dict[str, str] = {}
+    export(cfg, env)
+    assert json.loads(env[RUNTIME_ENV]) == {"ce": {"compile": True, "loader_workers": 2},
+                                            "kps": {}}
+    assert env[DEVICE_ENV] == "auto"
+    assert "compile" not in recipe_settings(cfg, "ce") and recipe_settings(cfg, "ce")["epochs"] == 3
     monkeypatch.delenv(RUNTIME_ENV, raising=False)
-    assert _runtime_settings("ce") == {}
-    monkeypatch.setenv(RUNTIME_ENV, runtime_settings(cfg))
+    monkeypatch.delenv(DEVICE_ENV, raising=False)
+    assert _runtime_settings("ce") == {} and classify_device() == "cpu"
+    monkeypatch.setenv(RUNTIME_ENV, env[RUNTIME_ENV])
     assert _runtime_settings("ce") == {"compile": True, "loader_workers": 2}
     assert _runtime_settings("other") == {}
     monkeypatch.setenv(RUNTIME_ENV, "{not json")

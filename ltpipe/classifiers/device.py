@@ -7,17 +7,15 @@ machine). ``auto``: the methods that train a head by many gradient steps (``GPU_
 a GPU, the closed-form ones (joint, tau_norm, ncm, logit_adjust) stay on the CPU. The method code
 is the same on either device (tested on the CPU).
 
-The choice is a runtime setting like the stage-one speed keys: it reaches the job through the
-environment (``DEVICE_ENV``), never its params, so changing it reruns nothing that finished.
+The choice is a runtime setting (:mod:`ltpipe.runtime`): it reaches the job through the
+environment, never its params, so changing it reruns nothing that finished.
 """
 
 from __future__ import annotations
 
-import os
-
+from ltpipe.runtime import DEVICE_ENV, classify_device
 from ltpipe.utils import LtpipeError
 
-DEVICE_ENV = "LTPIPE_CLASSIFY_DEVICE"
 CHOICES = ("cpu", "cuda", "auto")
 GPU_METHODS = frozenset({"crt", "lws", "ffn", "h2t", "fsa", "bwlm"})
 
@@ -42,7 +40,7 @@ def job_device(requested: str | None, method: str) -> str | None:
     "cpu"."""
     if requested:
         return requested
-    return None if wants_gpu(os.environ.get(DEVICE_ENV, "cpu"), method) else "cpu"
+    return None if wants_gpu(classify_device(), method) else "cpu"
 
 
 def rule_gpu(cfg: dict, classifier: str) -> int:

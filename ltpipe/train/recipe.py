@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ltpipe.runtime import RECIPE_KEYS as RUNTIME_KEYS
 from ltpipe.settings import Setting, choice, defaults, flag, is_real, number, resolve_settings
 from ltpipe.utils import LtpipeError
 
@@ -80,14 +81,8 @@ RECIPE_SETTINGS: dict[str, Setting] = {
 }
 RECIPE_DEFAULTS: dict[str, Any] = defaults(RECIPE_SETTINGS)
 
-# Keys that change only how fast or how safely a run goes, never its result (compile changes
-# floating-point rounding at most). The Snakemake train rule passes them outside its params
-# (environment variable RUNTIME_ENV, read by ``ltpipe train --runtime-of NAME``), so that
-# changing one does not retrain a finished backbone; a running one picks it up when resumed.
-RUNTIME_KEYS = ("checkpoint_every", "eval_batch_size", "loader_workers", "compile")
-RUNTIME_ENV = "LTPIPE_RUNTIME_SETTINGS"
-# Keys a checkpoint need not agree on to be resumed: those, and final_eval (it only adds the
-# test score at the end).
+# Keys a checkpoint need not agree on to be resumed: the runtime keys (ltpipe.runtime: they
+# never change a result), and final_eval (it only adds the test score at the end).
 RESUME_NEUTRAL_KEYS = (*RUNTIME_KEYS, "final_eval")
 
 
