@@ -54,13 +54,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ltpipe.config import (  # noqa: E402
-    dump_settings,
-    imb_tag,
-    load_yaml_strict,
-    recipe_settings,
-    split_settings,
-)
+from ltpipe.config import dump_settings, recipe_settings, split_settings  # noqa: E402
+from ltpipe.paths import imb_tag  # noqa: E402
+from ltpipe.yamlfile import load_yaml_strict  # noqa: E402
 
 PAPER_EPOCHS = 200  # the CIFAR-LT papers' stage-one schedule, for the extrapolated row
 SINGLE_METHODS = ("joint", "crt", "lws", "tau_norm", "ncm", "logit_adjust", "h2t", "fsa", "bwlm")

@@ -128,7 +128,8 @@ def cmd_bundle(args: argparse.Namespace) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> None:
-    from ltpipe.config import check_config, load_yaml_strict, validate_schema
+    from ltpipe.config import check_config, validate_schema
+    from ltpipe.yamlfile import load_yaml_strict
 
     for path in args.configs:
         cfg = load_yaml_strict(path)

@@ -14,46 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ltpipe.data.sources import LIST_SOURCES, PROFILE_SOURCES, SOURCES
-from ltpipe.paths import Layout
+from ltpipe.paths import Layout, imb_tag
 from ltpipe.utils import LtpipeError
+from ltpipe.yamlfile import load_yaml_strict
 
 COMPRESSION = {"zarr": {"zstd", "lz4", "blosc", "none"}, "hdf5": {"gzip", "lzf", "none"}}
 RECIPE_META_KEYS = {"seeds", "datasets"}  # recipe keys that place jobs, not trainer settings
-
-
-# --------------------------------------------------------------------------------------- loading
-class _StrictLoader(yaml.SafeLoader):
-    """A YAML loader that refuses duplicate keys (plain YAML silently keeps the last one)."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise LtpipeError(
-                f"duplicate key {key!r} at line {key_node.start_mark.line + 1} (first at line "
-                f"{seen[key]}): YAML keeps only the last one; rename or merge the two entries"
-            )
-        seen[key] = key_node.start_mark.line + 1
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def load_yaml_strict(path: str | Path) -> Any:
-    """Load a YAML file, raising :class:`LtpipeError` on duplicate keys or a syntax error."""
-    try:
-        with open(path) as fh:
-            return yaml.load(fh, Loader=_StrictLoader)
-    except yaml.YAMLError as err:
-        raise LtpipeError(f"{path}: not valid YAML: {err}") from None
-    except LtpipeError as err:
-        raise LtpipeError(f"{path}: {err}") from None
 
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
@@ -122,14 +89,6 @@ def sweep_points(settings: dict) -> list[tuple[str, dict]]:
         pid = ",".join(f"{k}={_fmt(v)}" for k, v in zip(swept, values))
         points.append((pid, point))
     return points
-
-
-def imb_tag(value: Any) -> str:
-    """Path tag of an imbalance factor: 10 -> '10', 12.5 -> '12.5', 'native' -> 'native'."""
-    if value == "native":
-        return "native"
-    value = float(value)
-    return str(int(value)) if value.is_integer() else str(value)
 
 
 # ------------------------------------------------------------------------------------- the plan
@@ -334,7 +293,7 @@ def _check_dataset(ds: dict) -> list[str]:
 def _check_recipe(cfg: dict, rc: dict) -> list[str]:
     from ltpipe.losses import LOSSES
     from ltpipe.models import check_model_kwargs, model_names
-    from ltpipe.train.stage1 import RECIPE_DEFAULTS
+    from ltpipe.train.recipe import RECIPE_DEFAULTS
 
     out = []
     unknown = sorted(set(rc) - set(RECIPE_DEFAULTS) - RECIPE_META_KEYS)

@@ -76,3 +76,11 @@ def parse(name: str, path: Any) -> dict[str, str] | None:
     regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", regex)
     m = re.search(f"(?:^|/){regex}$", str(path))
     return m.groupdict() if m else None
+
+
+def imb_tag(value: Any) -> str:
+    """Path tag of an imbalance factor: 10 -> '10', 12.5 -> '12.5', 'native' -> 'native'."""
+    if value == "native":
+        return "native"
+    value = float(value)
+    return str(int(value)) if value.is_integer() else str(value)

@@ -16,7 +16,6 @@ from ltpipe.config import (
     classifier_inputs,
     classifier_job,
     dump_settings,
-    load_yaml_strict,
     metric_targets,
     recipe_settings,
     split_settings,
@@ -24,6 +23,7 @@ from ltpipe.config import (
     validate_schema,
 )
 from ltpipe.paths import Layout
+from ltpipe.yamlfile import load_yaml_strict
 
 for _path in workflow.configfiles:
     load_yaml_strict(_path)  # refuses duplicate keys, which plain YAML silently drops

@@ -10,8 +10,6 @@ import pytest
 from ltpipe.config import (
     check_config,
     classifier_job,
-    imb_tag,
-    load_yaml_strict,
     metric_targets,
     recipe_settings,
     split_settings,
@@ -20,7 +18,9 @@ from ltpipe.config import (
     sweep_table,
     validate_schema,
 )
+from ltpipe.paths import imb_tag
 from ltpipe.utils import LtpipeError
+from ltpipe.yamlfile import load_yaml_strict
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,8 +4,8 @@ another module. Imports are read from the source with ``ast`` (inside functions 
 import that only runs on some path is caught as well.
 
 One module is not followed: ``ltpipe.config``, the config validator, checks every stage's
-settings and so imports ``ltpipe.train.recipe`` inside its recipe checks; the report imports it
-only for ``imb_tag`` and ``load_yaml_strict``."""
+settings and so imports ``ltpipe.train.recipe`` inside its recipe checks; of the report, only
+``report.targets`` (the report rules' targets, which the Snakefile runs) imports it."""
 
 from __future__ import annotations
 
@@ -123,3 +123,11 @@ def test_never_imports_stage_one(package):
                 chain.append(reach[chain[-1]])
             chains.append(" <- ".join(chain))
         assert not bad, f"{name} imports stage one: {chains}"
+
+
+@pytest.mark.parametrize("module", ["ltpipe.report.published", "ltpipe.report.summary",
+                                    "ltpipe.report.plots", "ltpipe.report.plotdata"])
+def test_report_reads_results_without_the_config_validator(module):
+    """The report's readers take what they need from ltpipe.paths and ltpipe.yamlfile; only
+    report.targets (the rules' targets) uses the config module."""
+    assert "ltpipe.config" not in _reachable(import_graph(), module)

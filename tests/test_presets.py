@@ -60,9 +60,10 @@ def test_every_preset_is_listed():
 # ------------------------------------------------------------------------------ config checks
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_preset_passes_schema_and_domain_checks(name):
-    from ltpipe.config import check_config, load_yaml_strict, validate_schema
+    from ltpipe.config import check_config, validate_schema
     from ltpipe.losses import loss_settings
     from ltpipe.train.recipe import normalize_recipe
+    from ltpipe.yamlfile import load_yaml_strict
 
     cfg = load_yaml_strict(PRESET_DIR / f"{name}.yaml")  # also refuses duplicate keys
     validate_schema(cfg)
@@ -92,7 +93,7 @@ def test_method_inputs_are_the_papers():
                 kps, ce = (bb[b] for b in entry["backbones"])
                 assert (kps["loss"], kps["head"]) == ("kps", "cosine"), (name, clf)
                 assert (ce["loss"], ce["head"]) == ("ce", "linear"), (name, clf)
-                assert kps["backbone"] == ce["backbone"], (name, clf)
+                assert kps["architecture"] == ce["architecture"], (name, clf)
             if clf == "bwlm":  # the faithful entry; others (bwlm_<backbone>) read any backbone
                 assert bb[entry["backbones"][0]].get("head_half") is True, name
             if clf == "afa_crt":

@@ -16,9 +16,10 @@ import io
 import math
 from pathlib import Path
 
-from ltpipe.config import imb_tag, load_yaml_strict
+from ltpipe.paths import imb_tag
 from ltpipe.report.summary import aggregate, markdown_table
 from ltpipe.utils import LtpipeError, atomic_path
+from ltpipe.yamlfile import load_yaml_strict
 
 ENTRY_KEYS = {"label", "dataset", "imbalance_factor", "architecture", "method", "top1", "source",
               "table", "setting"}
