@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ class CacheReader:
         self.path, self.backend, self.manifest = path, backend, manifest
         self._impl = backend_module(backend).Reader(path)
         self._arrays: dict[str, dict] = manifest.get("arrays", {})
+        self._verified: dict[str, set[int]] = {}  # per array: chunks whose checksum matched
 
     @property
     def digest(self) -> str:
@@ -70,22 +70,28 @@ class CacheReader:
         """Dtype of ``group/name``."""
         return np.dtype(self._entry(group, name)[1]["dtype"])
 
-    def read(self, group: str, name: str,
-             rows: slice | np.ndarray | None = None) -> np.ndarray:
-        """The whole array (``rows=None``), a slice of rows, or rows picked by index/bool mask."""
+    def read(self, group: str, name: str, rows: slice | np.ndarray | None = None, *,
+             check: bool = True) -> np.ndarray:
+        """The whole array (``rows=None``), a slice of rows, or rows picked by index/bool mask.
+
+        Every chunk the read touches is compared with the manifest's checksum (once per reader
+        for row reads, see :meth:`_range_checked`); ``check=False`` skips that (the verifier,
+        which compares every chunk itself to name all the bad ones).
+        """
         key, entry = self._entry(group, name)
         shape = tuple(entry["shape"])
         if not shape:
             return self._range(key, 0, 0)
         n = shape[0]
         if rows is None:
-            return self._read_checked(key, entry)
+            return self._read_checked(key, entry) if check else self._range(key, 0, n)
+        ranged = self._range_checked if check else self._range
         if isinstance(rows, slice):
             start, stop, step = rows.indices(n)
             if step == 1:
-                return self._range(key, start, max(start, stop))
+                return ranged(key, start, max(start, stop))
             rows = np.arange(start, stop, step)
-        return self._gather(key, shape, _row_indices(key, rows, n))
+        return self._gather(key, shape, _row_indices(key, rows, n), ranged)
 
     def _range(self, key: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of ``key`` (its value for a 0-d array), unchecked."""
@@ -93,6 +99,33 @@ class CacheReader:
         out = empty_aligned((stop - start, *shape[1:]) if shape else (), dtype)
         self._impl.read_into(key, start, stop, out)
         return out
+
+    def _range_checked(self, key: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of ``key``, each chunk they touch checked once per reader.
+
+        The first read that touches a chunk reads all of it and compares its checksum with the
+        manifest's (a row can only be checked with its chunk); later reads of checked chunks
+        read just their rows. So sampled reads (FSA's feature maps) are checked too, and read
+        at most the whole array once more than the rows they ask for.
+        """
+        spec = self._arrays[key].get("checksum") or {}
+        size = int(spec.get("chunk_rows", 0))
+        if stop <= start or size <= 0 or not spec.get("values"):
+            return self._range(key, start, stop)
+        first, last = start // size, (stop - 1) // size
+        done = self._verified.setdefault(key, set())
+        if all(c in done for c in range(first, last + 1)):
+            return self._range(key, start, stop)
+        n = int(self._arrays[key]["shape"][0])
+        lo, hi = first * size, min(n, (last + 1) * size)
+        block = self._range(key, lo, hi)
+        bad = bad_chunks(spec, block, first)
+        if bad:
+            raise CacheError(f"{key} in {self.path}: "
+                             f"{describe_bad_chunks(bad, size, n, spec['algorithm'])}: the cache "
+                             f"is corrupted; {FIX}")
+        done.update(range(first, last + 1))
+        return block[start - lo:stop - lo]
 
     def _read_checked(self, key: str, entry: dict) -> np.ndarray:
         """The whole array, if every chunk matches the manifest's checksum.
@@ -131,7 +164,7 @@ class CacheReader:
                              f"is corrupted; {FIX}")
         return out
 
-    def _gather(self, key: str, shape: tuple, idx: np.ndarray) -> np.ndarray:
+    def _gather(self, key: str, shape: tuple, idx: np.ndarray, ranged: Any) -> np.ndarray:
         uniq, inverse = np.unique(idx, return_inverse=True)
         out = np.empty((len(uniq), *shape[1:]), np.dtype(self._arrays[key]["dtype"]))
         block = self._impl.block_rows(key)
@@ -139,23 +172,9 @@ class CacheReader:
         while pos < len(uniq):  # one contiguous read per block that holds selected rows
             end = int(np.searchsorted(uniq, (uniq[pos] // block + 1) * block))
             lo, hi = int(uniq[pos]), int(uniq[end - 1]) + 1
-            out[pos:end] = self._range(key, lo, hi)[uniq[pos:end] - lo]
+            out[pos:end] = ranged(key, lo, hi)[uniq[pos:end] - lo]
             pos = end
         return out[inverse.reshape(-1)]
-
-    def iter_chunks(self, group: str, name: str,
-                    rows_per_chunk: int | None = None) -> Iterator[np.ndarray]:
-        """Consecutive row blocks that concatenate to :meth:`read` (default: storage blocks)."""
-        key, entry = self._entry(group, name)
-        shape = tuple(entry["shape"])
-        if not shape:
-            yield self._range(key, 0, 0)
-            return
-        step = int(rows_per_chunk or self._impl.block_rows(key))
-        if step < 1:
-            raise LtpipeError(f"rows_per_chunk must be >= 1, got {rows_per_chunk}")
-        for start in range(0, shape[0], step):
-            yield self._range(key, start, min(shape[0], start + step))
 
     def stored(self, group: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
         """Shape and dtype of ``group/name`` as the backend's files hold them (for verifying)."""
