@@ -27,8 +27,10 @@ def _path(tmp_path, backend):
 def _chunk_sums(a: np.ndarray, rows: int, algorithm: str) -> list[int]:
     """Checksums of consecutive ``rows``-row pieces of ``a`` (one for a 0-d array), by hand."""
     import google_crc32c
+    import xxhash
 
-    fn = google_crc32c.value if algorithm == "crc32c-per-chunk" else zlib.crc32
+    fn = {"xxh3-64-per-chunk": xxhash.xxh3_64_intdigest, "crc32c-per-chunk": google_crc32c.value,
+          "crc32-per-chunk": zlib.crc32}[algorithm]
     if a.ndim == 0:
         return [fn(a.tobytes())]
     return [fn(a[lo:lo + rows].tobytes()) for lo in range(0, len(a), rows)]
@@ -100,14 +102,20 @@ def test_iter_chunks_and_row_subsets(tmp_path, backend):
             r.read("train", "x", np.array([200]))
 
 
-@pytest.mark.parametrize("backend,algorithm", [("zarr", "crc32c-per-chunk"),
-                                               ("hdf5", "crc32c-per-chunk"),
-                                               ("zarr", "crc32-per-chunk")])
-def test_manifest_and_checksums(tmp_path, monkeypatch, backend, algorithm):
+@pytest.mark.parametrize("backend,algorithm,threaded", [
+    ("zarr", "xxh3-64-per-chunk", False), ("hdf5", "xxh3-64-per-chunk", False),
+    ("zarr", "xxh3-64-per-chunk", True), ("hdf5", "xxh3-64-per-chunk", True),
+    ("zarr", "crc32c-per-chunk", False), ("hdf5", "crc32c-per-chunk", False),
+    ("zarr", "crc32-per-chunk", False), ("zarr", "crc32-per-chunk", True)])
+def test_manifest_and_checksums(tmp_path, monkeypatch, backend, algorithm, threaded):
+    """Every chunk's checksum as computed by hand, whichever algorithm wrote the cache: the
+    default (xxh3, with xxhash installed), crc32c (caches written before xxh3, or without
+    xxhash) or crc32 (neither package); threaded: checksums in the worker thread (every block)."""
     import ltpipe.cache.store as store
 
-    if algorithm == "crc32-per-chunk":  # what a machine without google-crc32c writes
+    if algorithm != "xxh3-64-per-chunk":  # what older ltpipes or machines without xxhash write
         monkeypatch.setattr(store, "default_checksum", lambda: algorithm)
+    monkeypatch.setattr(store, "_THREAD_MIN_BYTES", 0 if threaded else 2**62)
     path = _path(tmp_path, backend)
     data, out = _write(path, backend)
     with open_cache(path) as r:
@@ -222,7 +230,7 @@ def test_verify_detects_corruption(tmp_path, backend):
     problems = verify_cache(path)
     assert len(problems) == 1 and problems[0].startswith("train/x:"), problems
     # rows 88-98 hold chunk 8 (11 rows per chunk); zarr: first chunk of shard 1 (8 per shard)
-    assert "chunk 8 (rows 88:99) fail" in problems[0] and "crc32c" in problems[0], problems
+    assert "chunk 8 (rows 88:99) fail their xxh3-64-per-chunk checksum" in problems[0], problems
 
 
 def _flip_bytes(file, offset: int, n: int = 4) -> None:
@@ -233,11 +241,19 @@ def _flip_bytes(file, offset: int, n: int = 4) -> None:
         fh.write(bytes(b ^ 0xFF for b in raw))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_verify_names_the_corrupted_chunk(tmp_path, backend):
-    """Flip 4 bytes of chunk 13 (rows 143:154) of train/x in the file itself; only it is named."""
+@pytest.mark.parametrize("backend,algorithm", [("zarr", "xxh3-64-per-chunk"),
+                                               ("hdf5", "xxh3-64-per-chunk"),
+                                               ("zarr", "crc32c-per-chunk"),
+                                               ("hdf5", "crc32c-per-chunk")])
+def test_verify_names_the_corrupted_chunk(tmp_path, monkeypatch, backend, algorithm):
+    """Flip 4 bytes of chunk 13 (rows 143:154) of train/x in the file itself; only it is named,
+    with the default checksum (xxh3) and with the crc32c of caches written before it."""
+    import ltpipe.cache.store as store
+
+    monkeypatch.setattr(store, "default_checksum", lambda: algorithm)
     path = _path(tmp_path, backend)
-    data, _ = _write(path, backend)
+    data, manifest = _write(path, backend)
+    assert manifest["arrays"]["train/x"]["checksum"]["algorithm"] == algorithm
     chunk_bytes = 11 * 3 * 4 * 4
     if backend == "zarr":  # chunk 13 = shard 1, slot 5; uncompressed chunks lie back to back
         _flip_bytes(path / "train" / "x" / "c.1.0.0", 5 * chunk_bytes + 40)
@@ -249,7 +265,8 @@ def test_verify_names_the_corrupted_chunk(tmp_path, backend):
         assert info.size == chunk_bytes
         _flip_bytes(path, info.byte_offset + 40)
     problems = verify_cache(path)
-    assert len(problems) == 1 and problems[0].startswith("train/x: chunk 13 (rows 143:154) fail")
+    assert len(problems) == 1 and problems[0].startswith(
+        f"train/x: chunk 13 (rows 143:154) fail their {algorithm} checksum"), problems
     assert len(re.findall(r"chunk \d+", problems[0])) == 1, problems
     with open_cache(path) as r:
         with pytest.raises(CacheError, match=r"train/x .*chunk 13 \(rows 143:154\)"):

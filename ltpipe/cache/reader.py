@@ -98,9 +98,9 @@ class CacheReader:
         """The whole array, if every chunk matches the manifest's checksum.
 
         A worker thread reads one storage block after the other into the output (file reads
-        release the GIL) while this thread checksums the blocks already read, so the CRC-32C
-        costs little more than the read itself; a mismatch raises ``CacheError`` naming the
-        array and the chunks.
+        release the GIL) while this thread checksums the blocks already read; with a core free
+        and a checksum that releases the GIL too (xxh3), the checksum costs little more than the
+        read itself. A mismatch raises ``CacheError`` naming the array and the chunks.
         """
         shape = tuple(entry["shape"])
         out = empty_aligned(shape, entry["dtype"])

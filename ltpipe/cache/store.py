@@ -2,9 +2,10 @@
 
 A cache holds arrays addressed as ``group/name`` (e.g. ``train/fmap``) plus a JSON manifest.
 :class:`CacheWriter` streams rows into a temporary sibling of the final path, one storage chunk
-(about ``chunk_mb`` MB of rows along axis 0) at a time, records a CRC-32C of every chunk's C-order
-bytes (cheap enough to cost a fraction of the write, and it lets :func:`ltpipe.cache.verify_cache`
-name the exact chunk that changed) and, on :meth:`CacheWriter.commit`, writes the manifest last
+(about ``chunk_mb`` MB of rows along axis 0) at a time, records a checksum of every chunk's C-order
+bytes (XXH3-64 where xxhash is installed, see :func:`ltpipe.cache.format.default_checksum`: cheap
+enough to cost a fraction of the write, and it lets :func:`ltpipe.cache.verify_cache` name the
+exact chunk that changed) and, on :meth:`CacheWriter.commit`, writes the manifest last
 and renames the whole cache into place. What the writer, reader and verifier share is in
 :mod:`ltpipe.cache.format`; the backends (``zarr_backend``, ``hdf5_backend``) are imported only
 when used.
@@ -25,6 +26,7 @@ import numpy as np
 
 from ltpipe.cache.format import (
     CACHE_FORMAT_VERSION,
+    RELEASES_GIL,
     backend_module,
     checksum_function,
     default_checksum,
@@ -37,6 +39,8 @@ RESERVED_KEYS = ("format_version", "backend", "arrays", "complete")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 #: whole chunks handed to the backend per call (bounds the copy of a non-contiguous input)
 _CHUNKS_PER_PUT = 8
+#: blocks from this size on are checksummed in a worker thread while this one writes them
+_THREAD_MIN_BYTES = 1 << 18
 
 
 def _is_complete(path: Path, kind: str) -> bool:
@@ -93,6 +97,7 @@ class CacheWriter:
         self.overwrite, self.chunk_mb = overwrite, chunk_mb
         self.checksum = default_checksum()
         self._sum = checksum_function(self.checksum)
+        self._threaded = self.checksum in RELEASES_GIL
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp_sibling(self.path)
         self._impl = mod.Writer(self.tmp, compression, level, chunk_mb)
@@ -255,28 +260,33 @@ class CacheWriter:
     def _put(self, key: str, st: _Stream, block: np.ndarray) -> None:
         """Checksum and write whole chunks (or the array's last, partial one).
 
-        Where the backend's writes release the GIL (zarr: plain file writes), they run in a
-        worker thread while this thread computes the checksums; both finish before returning,
-        so the caller may reuse ``block`` at once.
+        Where the checksum releases the GIL (xxh3, zlib's CRC-32), a worker thread computes the
+        checksums while this thread writes the block, so with a core free the checksum costs
+        nothing; both finish before returning, so the caller may reuse ``block`` at once. A
+        checksum that holds the GIL (google-crc32c) runs before the write, in this thread: in a
+        worker it would only stall the writes, which need the GIL between system calls.
         """
         block = np.ascontiguousarray(block)
         size = st.chunk_rows
-        writing = None
-        if getattr(self._impl, "WRITES_RELEASE_GIL", False):
+        first = st.rows // size
+        if self._threaded and block.nbytes >= _THREAD_MIN_BYTES:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-write")
-            writing = self._pool.submit(self._impl.write_chunks, key, st.rows // size, block)
-        try:
-            sums = [self._sum(block[lo:lo + size]) for lo in range(0, len(block), size)]
-        finally:
-            if writing is not None:
-                writing.result()
-        if writing is None:
-            self._impl.write_chunks(key, st.rows // size, block)
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-sum")
+            hashing = self._pool.submit(self._chunk_sums, block, size)
+            try:
+                self._impl.write_chunks(key, first, block)
+            finally:
+                sums = hashing.result()
+        else:
+            sums = self._chunk_sums(block, size)
+            self._impl.write_chunks(key, first, block)
         st.sums.extend(sums)
         st.rows += len(block)
+
+    def _chunk_sums(self, block: np.ndarray, size: int) -> list[int]:
+        return [self._sum(block[lo:lo + size]) for lo in range(0, len(block), size)]
 
     def _checksums(self, chunk_rows: int, values: list[int]) -> dict[str, Any]:
         return {"algorithm": self.checksum, "chunk_rows": int(chunk_rows),

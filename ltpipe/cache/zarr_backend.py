@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ltpipe.cache.format import CacheError
 from ltpipe.cache.rawio import pread_into
 from ltpipe.utils import LtpipeError
 
@@ -102,8 +103,12 @@ def _numcodec(codec_meta: dict | None) -> Any:
 
 
 def _crc32c(data: bytes | memoryview) -> bytes:
-    import google_crc32c
-
+    """The CRC-32C that zarr's sharding codec appends to a shard's index."""
+    try:
+        import google_crc32c
+    except ImportError as err:
+        raise CacheError("zarr shard indexes carry a CRC-32C, which needs the google-crc32c "
+                          "package; pip install 'google-crc32c>=1.5'") from err
     return struct.pack("<I", google_crc32c.value(bytes(data)))
 
 
@@ -129,10 +134,6 @@ class Writer:
     Writes the zarr metadata itself (zarr is not imported). Chunks go to their shard file as
     they come; a shard's index is written when the next shard starts or the array is finished.
     """
-
-    #: write_chunks spends its time in file writes, which release the GIL (CacheWriter then
-    #: computes checksums meanwhile)
-    WRITES_RELEASE_GIL = True
 
     def __init__(self, root: Path, compression: str, level: int, chunk_mb: float) -> None:
         self.root = Path(root)
