@@ -154,34 +154,49 @@ class Writer:
         _write_json(self.root / key / "zarr.json", self._meta[key])
 
     def write_chunks(self, key: str, first: int, block: np.ndarray) -> None:
-        """Write chunks ``first, first+1, ...``: whole chunks, or the array's last partial one."""
+        """Write chunks ``first, first+1, ...``: whole chunks, or the array's last partial one.
+
+        Uncompressed chunks that go to the same shard are written with one call."""
         chunk_rows = self._meta[key]["codecs"][0]["configuration"]["chunk_shape"][0]
         block = np.ascontiguousarray(block.astype(block.dtype.newbyteorder("<"), copy=False))
-        for j, lo in enumerate(range(0, len(block), chunk_rows)):
-            self._write_chunk(key, first + j, block[lo:lo + chunk_rows], chunk_rows)
+        if self._codec[key] is not None:
+            for j, lo in enumerate(range(0, len(block), chunk_rows)):
+                self._write_encoded(key, first + j, block[lo:lo + chunk_rows], chunk_rows)
+            return
+        chunk_bytes = chunk_rows * block[:1].nbytes
+        lo, number = 0, first
+        while lo < len(block):
+            shard_number, slot = divmod(number, CHUNKS_PER_SHARD)
+            count = min(CHUNKS_PER_SHARD - slot, -(-(len(block) - lo) // chunk_rows))
+            hi = min(len(block), lo + count * chunk_rows)
+            shard = self._open_shard(key, shard_number, block.ndim)
+            shard.fh.write(memoryview(block[lo:hi]).cast("B"))
+            # the array's last chunk is stored full size, zero padded: a file hole
+            shard.fh.seek(count * chunk_bytes - block[lo:hi].nbytes, os.SEEK_CUR)
+            for i in range(count):
+                shard.index[slot + i] = shard.offset, chunk_bytes
+                shard.offset += chunk_bytes
+            lo, number = hi, number + count
 
-    def _write_chunk(self, key: str, number: int, chunk: np.ndarray, chunk_rows: int) -> None:
-        shard_number, slot = divmod(number, CHUNKS_PER_SHARD)
+    def _open_shard(self, key: str, shard_number: int, ndim: int) -> _Shard:
+        """The shard being written, after closing the one before if it is another."""
         shard = self._shard.get(key)
         if shard is None or shard.number != shard_number:
             self._close_shard(key)
-            path = _shard_path(self.root / key, shard_number, chunk.ndim)  # no folder to make
+            path = _shard_path(self.root / key, shard_number, ndim)  # no folder to make
             shard = self._shard[key] = _Shard(shard_number, open(path, "wb"))
-        codec = self._codec[key]
-        missing = (chunk_rows - len(chunk)) * chunk[:1].nbytes
-        if codec is None:  # the array's last chunk is stored full size, zero padded: a file hole
-            data, size = memoryview(chunk).cast("B"), len(chunk) * chunk[:1].nbytes + missing
-            shard.fh.write(data)
-            shard.fh.seek(missing, os.SEEK_CUR)
-        else:
-            if missing:
-                chunk = np.concatenate([chunk, np.zeros((chunk_rows - len(chunk),
-                                                         *chunk.shape[1:]), chunk.dtype)])
-            data = codec.encode(chunk)
-            size = len(data)
-            shard.fh.write(data)
-        shard.index[slot] = shard.offset, size
-        shard.offset += size
+        return shard
+
+    def _write_encoded(self, key: str, number: int, chunk: np.ndarray, chunk_rows: int) -> None:
+        shard_number, slot = divmod(number, CHUNKS_PER_SHARD)
+        shard = self._open_shard(key, shard_number, chunk.ndim)
+        if len(chunk) < chunk_rows:  # the array's last chunk is encoded full size, zero padded
+            chunk = np.concatenate([chunk, np.zeros((chunk_rows - len(chunk),
+                                                     *chunk.shape[1:]), chunk.dtype)])
+        data = self._codec[key].encode(chunk)
+        shard.fh.write(data)
+        shard.index[slot] = shard.offset, len(data)
+        shard.offset += len(data)
 
     def _close_shard(self, key: str) -> None:
         shard = self._shard.pop(key, None)
