@@ -4,7 +4,8 @@ Writes and reads the same CIFAR-100-LT-sized arrays (ResNet-32 stage one: fmap [
 float32 and float16, pooled [N, 64], logits [N, 100]; N = 10847 training images at imbalance
 factor 100) with each cache backend/codec and with numpy, and prints MB/s and the ratio to numpy
 for the streaming write (batches of 256 rows, as the dump does, per-chunk checksums included)
-and the full read of every array (the cache's reads check every chunk's checksum): the ratio of
+and the full read of every array (the cache's reads check every chunk's checksum, the algorithm
+new caches are written with: xxh3-64-per-chunk where xxhash is installed): the ratio of
 the median times, and ("best x") the ratio of the fastest rounds, the figure that other
 processes on a shared machine move least. Each round runs every format once, one after the
 other, so load from other processes hits all formats alike; an untimed warm-up round first pays
@@ -144,7 +145,8 @@ def speed_table(rows: int, repeat: int, workdir: Path, formats: list[tuple]) -> 
     arrays = make_arrays(rows)
     mb = sum(a.nbytes for a in arrays.values()) / 1e6
     print(f"arrays: {', '.join(f'{k} {v.dtype}{list(v.shape)}' for k, v in arrays.items())}"
-          f" = {mb:.0f} MB; median of {repeat} interleaved rounds")
+          f" = {mb:.0f} MB; median of {repeat} interleaved rounds; checksum "
+          f"{default_checksum()}")
     targets = {f[0]: (workdir / f[0].replace(" ", "_").replace("+", "_")).with_suffix(
         {"zarr": ".zarr", "hdf5": ".h5"}.get(f[1], "")) for f in formats}
     times: dict[str, dict[str, list[float]]] = {f[0]: {"write": [], "read": []} for f in formats}

@@ -373,3 +373,31 @@ def test_streaming_memory_does_not_grow(tmp_path, backend):
     extra_chunks = -(-8000 // 41) - -(-2000 // 41)
     assert large < 1.5 * small + 128 * extra_chunks, (small, large)
     assert large < 8000 * 64 * 4 / 2, (small, large)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_checked_read_shares_blocks_and_fails_cleanly(tmp_path, monkeypatch, backend):
+    """A whole-array read splits its blocks between two threads: every block is read exactly
+    once, and a block that cannot be read fails the read with that error."""
+    from ltpipe.cache.format import backend_module
+
+    path = _path(tmp_path, backend)
+    data, _ = _write(path, backend)
+    impl = backend_module(backend).Reader
+    calls = []
+    real = impl.read_into
+
+    def spy(self, key, start, stop, out):
+        calls.append((key, start, stop))
+        if fail_at is not None and start == fail_at:
+            raise OSError(5, f"Input/output error at row {start}")
+        real(self, key, start, stop, out)
+
+    monkeypatch.setattr(impl, "read_into", spy)
+    fail_at = None
+    with open_cache(path) as r:
+        np.testing.assert_array_equal(r.read("train", "x"), data["x"])
+    assert sorted(calls) == [("train/x", 0, 88), ("train/x", 88, 176), ("train/x", 176, 200)]
+    fail_at = 88
+    with open_cache(path) as r, pytest.raises(OSError, match="at row 88"):
+        r.read("train", "x")

@@ -130,12 +130,14 @@ def checksum_function(algorithm: str) -> Callable[[np.ndarray], int]:
     return checksum
 
 
-def bad_chunks(spec: dict, block: np.ndarray, first: int = 0) -> list[int]:
+def bad_chunks(spec: dict, block: np.ndarray, first: int = 0,
+               checksum: Callable[[np.ndarray], int] | None = None) -> list[int]:
     """Chunks of ``block`` (rows from chunk ``first`` on) whose checksum differs from ``spec``'s.
 
-    ``spec`` is a manifest's ``checksum`` entry (``algorithm``, ``chunk_rows``, ``values``).
+    ``spec`` is a manifest's ``checksum`` entry (``algorithm``, ``chunk_rows``, ``values``);
+    ``checksum``, its :func:`checksum_function` where the caller has it already.
     """
-    checksum = checksum_function(str(spec.get("algorithm")))
+    checksum = checksum or checksum_function(str(spec.get("algorithm")))
     size, values = int(spec["chunk_rows"]), spec["values"]
     return [first + j // size for j in range(0, len(block), size)
             if checksum(block[j:j + size]) != values[first + j // size]]
