@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ltpipe.cache import CacheError, CacheWriter, open_cache, verify_cache
-from ltpipe.cache.format import CHECKSUMS, RELEASES_GIL, checksum_function, default_checksum
+from ltpipe.cache.format import CHECKSUMS, checksum_function, default_checksum
 
 xxhash = pytest.importorskip("xxhash")
 google_crc32c = pytest.importorskip("google_crc32c")
@@ -46,7 +46,6 @@ def test_crc_known_answers():
 
 def test_default_and_fallback_chain(monkeypatch):
     assert CHECKSUMS[0] == "xxh3-64-per-chunk" == default_checksum()
-    assert "xxh3-64-per-chunk" in RELEASES_GIL and "crc32c-per-chunk" not in RELEASES_GIL
     monkeypatch.setitem(sys.modules, "xxhash", None)  # as if xxhash were not installed
     assert default_checksum() == "crc32c-per-chunk"
     monkeypatch.setitem(sys.modules, "google_crc32c", None)
@@ -87,16 +86,13 @@ def test_unknown_algorithm():
         checksum_function("md5-per-chunk")
 
 
-def test_threaded_write_error_propagates(tmp_path, monkeypatch):
-    """A write that fails while the worker thread checksums: the error reaches the caller and
-    nothing is left behind."""
-    import ltpipe.cache.store as store
+def test_write_error_propagates(tmp_path, monkeypatch):
+    """A write that fails: the error reaches the caller and nothing is left behind."""
     from ltpipe.cache import zarr_backend
 
     def fail(self, key, first, block):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store, "_THREAD_MIN_BYTES", 0)
     monkeypatch.setattr(zarr_backend.Writer, "write_chunks", fail)
     path = tmp_path / "c.zarr"
     with pytest.raises(OSError, match="No space"), CacheWriter(path, chunk_mb=0.001) as w:

@@ -102,20 +102,17 @@ def test_iter_chunks_and_row_subsets(tmp_path, backend):
             r.read("train", "x", np.array([200]))
 
 
-@pytest.mark.parametrize("backend,algorithm,threaded", [
-    ("zarr", "xxh3-64-per-chunk", False), ("hdf5", "xxh3-64-per-chunk", False),
-    ("zarr", "xxh3-64-per-chunk", True), ("hdf5", "xxh3-64-per-chunk", True),
-    ("zarr", "crc32c-per-chunk", False), ("hdf5", "crc32c-per-chunk", False),
-    ("zarr", "crc32-per-chunk", False), ("zarr", "crc32-per-chunk", True)])
-def test_manifest_and_checksums(tmp_path, monkeypatch, backend, algorithm, threaded):
+@pytest.mark.parametrize("backend,algorithm", [
+    ("zarr", "xxh3-64-per-chunk"), ("hdf5", "xxh3-64-per-chunk"),
+    ("zarr", "crc32c-per-chunk"), ("hdf5", "crc32c-per-chunk"), ("zarr", "crc32-per-chunk")])
+def test_manifest_and_checksums(tmp_path, monkeypatch, backend, algorithm):
     """Every chunk's checksum as computed by hand, whichever algorithm wrote the cache: the
     default (xxh3, with xxhash installed), crc32c (caches written before xxh3, or without
-    xxhash) or crc32 (neither package); threaded: checksums in the worker thread (every block)."""
+    xxhash) or crc32 (neither package)."""
     import ltpipe.cache.store as store
 
     if algorithm != "xxh3-64-per-chunk":  # what older ltpipes or machines without xxhash write
         monkeypatch.setattr(store, "default_checksum", lambda: algorithm)
-    monkeypatch.setattr(store, "_THREAD_MIN_BYTES", 0 if threaded else 2**62)
     path = _path(tmp_path, backend)
     data, out = _write(path, backend)
     with open_cache(path) as r:

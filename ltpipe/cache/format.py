@@ -31,9 +31,6 @@ CHECKSUMS = ("xxh3-64-per-chunk", "crc32c-per-chunk", "crc32-per-chunk")
 #: algorithm -> (module, the pip requirement that provides it); zlib is in the standard library
 _CHECKSUM_PACKAGES = {"xxh3-64-per-chunk": ("xxhash", "xxhash>=3.0"),
                       "crc32c-per-chunk": ("google_crc32c", "google-crc32c>=1.5")}
-#: algorithms whose function releases the GIL while it hashes (xxhash; zlib for large inputs),
-#: so that another thread's file writes or reads run meanwhile; google-crc32c holds it
-RELEASES_GIL = frozenset({"xxh3-64-per-chunk", "crc32-per-chunk"})
 
 
 class CacheError(LtpipeError):
