@@ -120,8 +120,24 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _timed(fn, *args) -> tuple[float, float]:
+def _warm_memory(nbytes: int) -> None:
+    """Touch and free ``nbytes`` of fresh memory, so that the next step's allocations reuse
+    pages touched just now.
+
+    On this project's VM a page not touched for a while costs the first process that touches
+    it again up to 10x the usual (274 MB of fresh memory: 0.2-0.4 s instead of 0.05 s, then
+    0.05 s when freed and allocated again: the host has taken the idle pages back). Whichever
+    step met such pages first paid for them, numpy or the cache, at random; every timed step
+    now starts with pages just touched."""
+    block = np.empty(nbytes, np.uint8)
+    block[::4096] = 0
+    del block
+
+
+def _timed(fn, *args, warm: int = 0) -> tuple[float, float]:
     """Wall-clock and CPU seconds (this process, all its threads) of ``fn(*args)``."""
+    if warm:
+        _warm_memory(warm)  # untimed
     os.sync()  # untimed: write-back of earlier files is not charged to this step
     t0, c0 = time.perf_counter(), time.process_time()
     fn(*args)
@@ -146,7 +162,8 @@ def machine() -> str:
 def speed_table(rows: int, repeat: int, workdir: Path, formats: list[tuple]) -> list[dict]:
     """Median write/read time per format over ``repeat`` interleaved rounds; prints a table."""
     arrays = make_arrays(rows)
-    mb = sum(a.nbytes for a in arrays.values()) / 1e6
+    nbytes = sum(a.nbytes for a in arrays.values())
+    mb = nbytes / 1e6
     print(f"arrays: {', '.join(f'{k} {v.dtype}{list(v.shape)}' for k, v in arrays.items())}"
           f" = {mb:.0f} MB; median of {repeat} interleaved rounds; checksum "
           f"{default_checksum()}")
@@ -159,8 +176,8 @@ def speed_table(rows: int, repeat: int, workdir: Path, formats: list[tuple]) -> 
         for fmt in formats:
             target = targets[fmt[0]]
             _remove(target)  # deletion is not timed
-            write = _timed(_write, fmt, arrays, target)
-            read = _timed(_read, fmt, list(arrays), target)
+            write = _timed(_write, fmt, arrays, target, warm=nbytes)
+            read = _timed(_read, fmt, list(arrays), target, warm=nbytes)
             if round_:
                 for step, (wall, used) in (("write", write), ("read", read)):
                     times[fmt[0]][step].append(wall)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ltpipe.cache.format import CacheError
-from ltpipe.cache.rawio import pread_into
+from ltpipe.cache.rawio import pread_into, preallocate
 from ltpipe.utils import LtpipeError
 
 #: compression name -> (zarr v3 codec name, its configuration without level and typesize)
@@ -170,6 +170,7 @@ class Writer:
             count = min(CHUNKS_PER_SHARD - slot, -(-(len(block) - lo) // chunk_rows))
             hi = min(len(block), lo + count * chunk_rows)
             shard = self._open_shard(key, shard_number, block.ndim)
+            preallocate(shard.fh.fileno(), shard.offset, count * chunk_bytes)
             shard.fh.write(memoryview(block[lo:hi]).cast("B"))
             # the array's last chunk is stored full size, zero padded: a file hole
             shard.fh.seek(count * chunk_bytes - block[lo:hi].nbytes, os.SEEK_CUR)
