@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
@@ -116,14 +117,16 @@ class CacheReader:
                              f"checksums for {n} rows in chunks of {size}; {FIX}")
         checksum = checksum_function(str(spec.get("algorithm")))
         step = size * max(1, self._impl.block_rows(key) // size)
-        spans = iter([(lo, min(n, lo + step)) for lo in range(0, n, step)])
+        spans = deque((lo, min(n, lo + step)) for lo in range(0, n, step))
         stop: list[bool] = []  # set when a thread fails: the other one stops after its block
 
         def work() -> list[int]:
             bad: list[int] = []
             try:
-                for lo, hi in spans:  # a list iterator: each block goes to one thread
-                    if stop:
+                while spans and not stop:
+                    try:
+                        lo, hi = spans.popleft()  # thread-safe: each block goes to one thread
+                    except IndexError:
                         break
                     self._impl.read_into(key, lo, hi, out[lo:hi])
                     bad += bad_chunks(spec, out[lo:hi], lo // size, checksum)

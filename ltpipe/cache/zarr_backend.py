@@ -172,8 +172,9 @@ class Writer:
             shard = self._open_shard(key, shard_number, block.ndim)
             preallocate(shard.fh.fileno(), shard.offset, count * chunk_bytes)
             shard.fh.write(memoryview(block[lo:hi]).cast("B"))
-            # the array's last chunk is stored full size, zero padded: a file hole
-            shard.fh.seek(count * chunk_bytes - block[lo:hi].nbytes, os.SEEK_CUR)
+            padding = count * chunk_bytes - block[lo:hi].nbytes
+            if padding:  # the array's last chunk is stored full size: its padding is skipped,
+                shard.fh.seek(padding, os.SEEK_CUR)  # preallocated or a hole, read as zeros
             for i in range(count):
                 shard.index[slot + i] = shard.offset, chunk_bytes
                 shard.offset += chunk_bytes
