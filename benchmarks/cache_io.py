@@ -4,9 +4,12 @@ Writes and reads the same CIFAR-100-LT-sized arrays (ResNet-32 stage one: fmap [
 float32 and float16, pooled [N, 64], logits [N, 100]; N = 10847 training images at imbalance
 factor 100) with each cache backend/codec and with numpy, and prints MB/s and the ratio to numpy
 for the streaming write (batches of 256 rows, as the dump does, per-chunk checksums included)
-and the full read of every array (the cache's reads check every chunk's checksum): the ratio of
-the median times, and ("best x") the ratio of the fastest rounds, the figure that other
-processes on a shared machine move least. Each round runs every format once, one after the
+and the full read of every array (the cache's reads check every chunk's checksum, the algorithm
+new caches are written with: xxh3-64-per-chunk where xxhash is installed): the ratio of
+the median times, ("best x") the ratio of the fastest rounds, the figure that other
+processes on a shared machine move least, and ("cpu x") the ratio of the median CPU times
+(this process, all its threads: what the step costs, whatever else runs; a step that uses two
+threads can run faster than its CPU time says). Each round runs every format once, one after the
 other, so load from other processes hits all formats alike; an untimed warm-up round first pays
 for imports and first touches. Every timed write and read starts after an untimed ``os.sync()``, so
 no format pays for the write-back of the files the one before it wrote; reads are from the page
@@ -117,11 +120,28 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _timed(fn, *args) -> float:
+def _warm_memory(nbytes: int) -> None:
+    """Touch and free ``nbytes`` of fresh memory, so that the next step's allocations reuse
+    pages touched just now.
+
+    On this project's VM a page not touched for a while costs the first process that touches
+    it again up to 10x the usual (274 MB of fresh memory: 0.2-0.4 s instead of 0.05 s, then
+    0.05 s when freed and allocated again: the host has taken the idle pages back). Whichever
+    step met such pages first paid for them, numpy or the cache, at random; every timed step
+    now starts with pages just touched."""
+    block = np.empty(nbytes, np.uint8)
+    block[::4096] = 0
+    del block
+
+
+def _timed(fn, *args, warm: int = 0) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (this process, all its threads) of ``fn(*args)``."""
+    if warm:
+        _warm_memory(warm)  # untimed
     os.sync()  # untimed: write-back of earlier files is not charged to this step
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fn(*args)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def machine() -> str:
@@ -142,40 +162,51 @@ def machine() -> str:
 def speed_table(rows: int, repeat: int, workdir: Path, formats: list[tuple]) -> list[dict]:
     """Median write/read time per format over ``repeat`` interleaved rounds; prints a table."""
     arrays = make_arrays(rows)
-    mb = sum(a.nbytes for a in arrays.values()) / 1e6
+    nbytes = sum(a.nbytes for a in arrays.values())
+    mb = nbytes / 1e6
     print(f"arrays: {', '.join(f'{k} {v.dtype}{list(v.shape)}' for k, v in arrays.items())}"
-          f" = {mb:.0f} MB; median of {repeat} interleaved rounds")
+          f" = {mb:.0f} MB; median of {repeat} interleaved rounds; checksum "
+          f"{default_checksum()}")
     targets = {f[0]: (workdir / f[0].replace(" ", "_").replace("+", "_")).with_suffix(
         {"zarr": ".zarr", "hdf5": ".h5"}.get(f[1], "")) for f in formats}
     times: dict[str, dict[str, list[float]]] = {f[0]: {"write": [], "read": []} for f in formats}
+    cpu: dict[str, dict[str, list[float]]] = {f[0]: {"write": [], "read": []} for f in formats}
     sizes: dict[str, int] = {}
     for round_ in range(repeat + 1):  # round 0: untimed warm-up
         for fmt in formats:
             target = targets[fmt[0]]
             _remove(target)  # deletion is not timed
-            write = _timed(_write, fmt, arrays, target)
-            read = _timed(_read, fmt, list(arrays), target)
+            write = _timed(_write, fmt, arrays, target, warm=nbytes)
+            read = _timed(_read, fmt, list(arrays), target, warm=nbytes)
             if round_:
-                times[fmt[0]]["write"].append(write)
-                times[fmt[0]]["read"].append(read)
+                for step, (wall, used) in (("write", write), ("read", read)):
+                    times[fmt[0]][step].append(wall)
+                    cpu[fmt[0]][step].append(used)
             sizes[fmt[0]] = _size(target)
     for target in targets.values():
         _remove(target)
     base = {k: float(np.median(times["numpy"][k])) for k in ("write", "read")}
     best = {k: min(times["numpy"][k]) for k in ("write", "read")}
-    print(f"{'format':<12}{'write MB/s':>11}{'x numpy':>9}{'best x':>8}{'read MB/s':>11}"
-          f"{'x numpy':>9}{'best x':>8}{'disk MB':>9}")
+    base_cpu = {k: float(np.median(cpu["numpy"][k])) for k in ("write", "read")}
+    print(f"{'format':<12}{'write MB/s':>11}{'x numpy':>9}{'best x':>8}{'cpu x':>7}"
+          f"{'read MB/s':>11}{'x numpy':>9}{'best x':>8}{'cpu x':>7}{'disk MB':>9}")
     results = []
     for fmt in formats:
         tw, tr = (float(np.median(times[fmt[0]][k])) for k in ("write", "read"))
         bw, br = (best[k] / min(times[fmt[0]][k]) for k in ("write", "read"))
+        cw, cr = (base_cpu[k] / max(1e-9, float(np.median(cpu[fmt[0]][k])))
+                  for k in ("write", "read"))
         results.append({"format": fmt[0], "write_s": tw, "read_s": tr, "write_x_numpy":
                         base["write"] / tw, "read_x_numpy": base["read"] / tr,
                         "write_x_numpy_best": bw, "read_x_numpy_best": br,
+                        "write_x_numpy_cpu": cw, "read_x_numpy_cpu": cr,
                         "write_times_s": times[fmt[0]]["write"],
-                        "read_times_s": times[fmt[0]]["read"], "disk_bytes": sizes[fmt[0]]})
-        print(f"{fmt[0]:<12}{mb / tw:>11.0f}{base['write'] / tw:>9.2f}{bw:>8.2f}{mb / tr:>11.0f}"
-              f"{base['read'] / tr:>9.2f}{br:>8.2f}{sizes[fmt[0]] / 1e6:>9.0f}")
+                        "read_times_s": times[fmt[0]]["read"],
+                        "write_cpu_s": cpu[fmt[0]]["write"], "read_cpu_s": cpu[fmt[0]]["read"],
+                        "disk_bytes": sizes[fmt[0]]})
+        print(f"{fmt[0]:<12}{mb / tw:>11.0f}{base['write'] / tw:>9.2f}{bw:>8.2f}{cw:>7.2f}"
+              f"{mb / tr:>11.0f}{base['read'] / tr:>9.2f}{br:>8.2f}{cr:>7.2f}"
+              f"{sizes[fmt[0]] / 1e6:>9.0f}")
     return results
 
 

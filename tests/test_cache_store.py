@@ -27,8 +27,10 @@ def _path(tmp_path, backend):
 def _chunk_sums(a: np.ndarray, rows: int, algorithm: str) -> list[int]:
     """Checksums of consecutive ``rows``-row pieces of ``a`` (one for a 0-d array), by hand."""
     import google_crc32c
+    import xxhash
 
-    fn = google_crc32c.value if algorithm == "crc32c-per-chunk" else zlib.crc32
+    fn = {"xxh3-64-per-chunk": xxhash.xxh3_64_intdigest, "crc32c-per-chunk": google_crc32c.value,
+          "crc32-per-chunk": zlib.crc32}[algorithm]
     if a.ndim == 0:
         return [fn(a.tobytes())]
     return [fn(a[lo:lo + rows].tobytes()) for lo in range(0, len(a), rows)]
@@ -96,13 +98,16 @@ def test_row_subsets(tmp_path, backend):
             r.read("train", "x", np.array([200]))
 
 
-@pytest.mark.parametrize("backend,algorithm", [("zarr", "crc32c-per-chunk"),
-                                               ("hdf5", "crc32c-per-chunk"),
-                                               ("zarr", "crc32-per-chunk")])
+@pytest.mark.parametrize("backend,algorithm", [
+    ("zarr", "xxh3-64-per-chunk"), ("hdf5", "xxh3-64-per-chunk"),
+    ("zarr", "crc32c-per-chunk"), ("hdf5", "crc32c-per-chunk"), ("zarr", "crc32-per-chunk")])
 def test_manifest_and_checksums(tmp_path, monkeypatch, backend, algorithm):
+    """Every chunk's checksum as computed by hand, whichever algorithm wrote the cache: the
+    default (xxh3, with xxhash installed), crc32c (caches written before xxh3, or without
+    xxhash) or crc32 (neither package)."""
     import ltpipe.cache.store as store
 
-    if algorithm == "crc32-per-chunk":  # what a machine without google-crc32c writes
+    if algorithm != "xxh3-64-per-chunk":  # what older ltpipes or machines without xxhash write
         monkeypatch.setattr(store, "default_checksum", lambda: algorithm)
     path = _path(tmp_path, backend)
     data, out = _write(path, backend)
@@ -218,7 +223,7 @@ def test_verify_detects_corruption(tmp_path, backend):
     problems = verify_cache(path)
     assert len(problems) == 1 and problems[0].startswith("train/x:"), problems
     # rows 88-98 hold chunk 8 (11 rows per chunk); zarr: first chunk of shard 1 (8 per shard)
-    assert "chunk 8 (rows 88:99) fail" in problems[0] and "crc32c" in problems[0], problems
+    assert "chunk 8 (rows 88:99) fail their xxh3-64-per-chunk checksum" in problems[0], problems
 
 
 def _flip_bytes(file, offset: int, n: int = 4) -> None:
@@ -229,11 +234,19 @@ def _flip_bytes(file, offset: int, n: int = 4) -> None:
         fh.write(bytes(b ^ 0xFF for b in raw))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_verify_names_the_corrupted_chunk(tmp_path, backend):
-    """Flip 4 bytes of chunk 13 (rows 143:154) of train/x in the file itself; only it is named."""
+@pytest.mark.parametrize("backend,algorithm", [("zarr", "xxh3-64-per-chunk"),
+                                               ("hdf5", "xxh3-64-per-chunk"),
+                                               ("zarr", "crc32c-per-chunk"),
+                                               ("hdf5", "crc32c-per-chunk")])
+def test_verify_names_the_corrupted_chunk(tmp_path, monkeypatch, backend, algorithm):
+    """Flip 4 bytes of chunk 13 (rows 143:154) of train/x in the file itself; only it is named,
+    with the default checksum (xxh3) and with the crc32c of caches written before it."""
+    import ltpipe.cache.store as store
+
+    monkeypatch.setattr(store, "default_checksum", lambda: algorithm)
     path = _path(tmp_path, backend)
-    data, _ = _write(path, backend)
+    data, manifest = _write(path, backend)
+    assert manifest["arrays"]["train/x"]["checksum"]["algorithm"] == algorithm
     chunk_bytes = 11 * 3 * 4 * 4
     if backend == "zarr":  # chunk 13 = shard 1, slot 5; uncompressed chunks lie back to back
         _flip_bytes(path / "train" / "x" / "c.1.0.0", 5 * chunk_bytes + 40)
@@ -245,7 +258,8 @@ def test_verify_names_the_corrupted_chunk(tmp_path, backend):
         assert info.size == chunk_bytes
         _flip_bytes(path, info.byte_offset + 40)
     problems = verify_cache(path)
-    assert len(problems) == 1 and problems[0].startswith("train/x: chunk 13 (rows 143:154) fail")
+    assert len(problems) == 1 and problems[0].startswith(
+        f"train/x: chunk 13 (rows 143:154) fail their {algorithm} checksum"), problems
     assert len(re.findall(r"chunk \d+", problems[0])) == 1, problems
     with open_cache(path) as r:
         with pytest.raises(CacheError, match=r"train/x .*chunk 13 \(rows 143:154\)"):
@@ -375,3 +389,53 @@ def test_streaming_memory_does_not_grow(tmp_path, backend):
     extra_chunks = -(-8000 // 41) - -(-2000 // 41)
     assert large < 1.5 * small + 128 * extra_chunks, (small, large)
     assert large < 8000 * 64 * 4 / 2, (small, large)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_checked_read_shares_blocks_and_fails_cleanly(tmp_path, monkeypatch, backend):
+    """A whole-array read splits its blocks between two threads: every block is read exactly
+    once, and a block that cannot be read fails the read with that error."""
+    from ltpipe.cache.format import backend_module
+
+    path = _path(tmp_path, backend)
+    data, _ = _write(path, backend)
+    impl = backend_module(backend).Reader
+    calls = []
+    real = impl.read_into
+
+    def spy(self, key, start, stop, out):
+        calls.append((key, start, stop))
+        if fail_at is not None and start == fail_at:
+            raise OSError(5, f"Input/output error at row {start}")
+        real(self, key, start, stop, out)
+
+    monkeypatch.setattr(impl, "read_into", spy)
+    fail_at = None
+    with open_cache(path) as r:
+        np.testing.assert_array_equal(r.read("train", "x"), data["x"])
+    assert sorted(calls) == [("train/x", 0, 88), ("train/x", 88, 176), ("train/x", 176, 200)]
+    fail_at = 88
+    with open_cache(path) as r, pytest.raises(OSError, match="at row 88"):
+        r.read("train", "x")
+
+
+def test_preallocate_is_best_effort(tmp_path):
+    """The writer's preallocation grows the file where the system allows it, reads as zeros,
+    and never raises (a closed descriptor, a zero length)."""
+    import os
+    import sys
+
+    from ltpipe.cache.rawio import preallocate
+
+    file = tmp_path / "f"
+    fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"abc")
+        preallocate(fd, 3, 8189)
+        preallocate(fd, 0, 0)
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    preallocate(fd, 0, 4096)  # closed: refused quietly
+    assert size in (3, 8192) and (size == 8192 or not sys.platform.startswith("linux"))
+    assert file.read_bytes() == b"abc" + bytes(size - 3)

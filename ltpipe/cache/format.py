@@ -27,7 +27,10 @@ CACHE_FORMAT_VERSION = 2
 BACKENDS = {"zarr": "ltpipe.cache.zarr_backend", "hdf5": "ltpipe.cache.hdf5_backend"}
 FIX = "rerun the cache dump (snakemake --forcerun dump)"
 #: checksum algorithms a manifest may name; the first one available is used for writing
-CHECKSUMS = ("crc32c-per-chunk", "crc32-per-chunk")
+CHECKSUMS = ("xxh3-64-per-chunk", "crc32c-per-chunk", "crc32-per-chunk")
+#: algorithm -> (module, the pip requirement that provides it); zlib is in the standard library
+_CHECKSUM_PACKAGES = {"xxh3-64-per-chunk": ("xxhash", "xxhash>=3.0"),
+                      "crc32c-per-chunk": ("google_crc32c", "google-crc32c>=1.5")}
 
 
 class CacheError(LtpipeError):
@@ -71,7 +74,16 @@ def manifest_sha256(manifest: dict) -> str:
 
 # ------------------------------------------------------------------- checksums
 def default_checksum() -> str:
-    """``crc32c-per-chunk`` where google-crc32c's C extension loads, else ``crc32-per-chunk``."""
+    """The algorithm new caches are written with: the first of :data:`CHECKSUMS` whose package
+    loads (``xxh3-64-per-chunk`` with xxhash; ``crc32c-per-chunk`` with google-crc32c's C
+    extension; else ``crc32-per-chunk``, zlib's)."""
+    try:
+        import xxhash
+
+        if hasattr(xxhash, "xxh3_64_intdigest"):
+            return "xxh3-64-per-chunk"
+    except ImportError:
+        pass
     try:
         import google_crc32c
     except ImportError:
@@ -79,20 +91,29 @@ def default_checksum() -> str:
     return "crc32c-per-chunk" if google_crc32c.implementation == "c" else "crc32-per-chunk"
 
 
-def checksum_function(algorithm: str) -> Callable[[np.ndarray], int]:
-    """The function ``array -> int`` that computes ``algorithm`` over an array's C-order bytes."""
-    if algorithm == "crc32c-per-chunk":
-        try:
-            import google_crc32c
-        except ImportError as err:
-            raise CacheError("this cache's checksums are CRC-32C, which needs the google-crc32c "
-                             "package; pip install 'google-crc32c>=1.5'") from err
-        fn = google_crc32c.value
-    elif algorithm == "crc32-per-chunk":
-        fn = zlib.crc32
-    else:
+def _hash_function(algorithm: str) -> Callable[[Any], int]:
+    """The one-shot function of ``algorithm`` over a buffer; CacheError if it cannot be had."""
+    if algorithm == "crc32-per-chunk":
+        return zlib.crc32
+    if algorithm not in _CHECKSUM_PACKAGES:
         raise CacheError(f"checksum algorithm {algorithm!r} is unknown; expected one of "
                          f"{list(CHECKSUMS)}. The cache was written by another ltpipe: {FIX}")
+    module, requirement = _CHECKSUM_PACKAGES[algorithm]
+    try:
+        lib = importlib.import_module(module)
+        return lib.xxh3_64_intdigest if module == "xxhash" else lib.value
+    except (ImportError, AttributeError) as err:
+        raise CacheError(f"this cache's checksums are {algorithm}, which needs the "
+                         f"{requirement.split('>')[0]} package ({type(err).__name__}: {err}); "
+                         f"pip install '{requirement}'") from err
+
+
+def checksum_function(algorithm: str) -> Callable[[np.ndarray], int]:
+    """The function ``array -> int`` that computes ``algorithm`` over an array's C-order bytes.
+
+    Raises CacheError naming the ``pip install`` that provides the algorithm when its package is
+    missing, and for a name this ltpipe does not know."""
+    fn = _hash_function(algorithm)
     try:  # google_crc32c takes only buffers without a release hook: ndarrays yes, memoryviews no
         fn(np.zeros(1, np.uint8))
         direct = True
@@ -106,12 +127,14 @@ def checksum_function(algorithm: str) -> Callable[[np.ndarray], int]:
     return checksum
 
 
-def bad_chunks(spec: dict, block: np.ndarray, first: int = 0) -> list[int]:
+def bad_chunks(spec: dict, block: np.ndarray, first: int = 0,
+               checksum: Callable[[np.ndarray], int] | None = None) -> list[int]:
     """Chunks of ``block`` (rows from chunk ``first`` on) whose checksum differs from ``spec``'s.
 
-    ``spec`` is a manifest's ``checksum`` entry (``algorithm``, ``chunk_rows``, ``values``).
+    ``spec`` is a manifest's ``checksum`` entry (``algorithm``, ``chunk_rows``, ``values``);
+    ``checksum``, its :func:`checksum_function` where the caller has it already.
     """
-    checksum = checksum_function(str(spec.get("algorithm")))
+    checksum = checksum or checksum_function(str(spec.get("algorithm")))
     size, values = int(spec["chunk_rows"]), spec["values"]
     return [first + j // size for j in range(0, len(block), size)
             if checksum(block[j:j + size]) != values[first + j // size]]

@@ -11,6 +11,7 @@ marks the file complete; both are written last.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,7 @@ class Reader:
         self.path = Path(path)
         self._file = h5py.File(self.path, "r")
         self._fd: int | None = None
+        self._lock = threading.Lock()
         self._tables: dict[str, np.ndarray | None] = {}
 
     def block_rows(self, key: str) -> int:
@@ -162,8 +164,9 @@ class Reader:
     def _read_raw(self, table: np.ndarray, chunk_rows: int, start: int, stop: int,
                   out: np.ndarray) -> None:
         """One ``preadv`` per run of chunks that lie back to back in the file."""
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
+        with self._lock:  # whole-array reads call this from two threads
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
         row_bytes = out[:1].nbytes
         first, last = start // chunk_rows, (stop - 1) // chunk_rows
         offsets = table[first:last + 1]

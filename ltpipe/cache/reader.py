@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from ltpipe.cache.format import (
     CacheError,
     backend_module,
     bad_chunks,
+    checksum_function,
     describe_bad_chunks,
     detect_backend,
     manifest_sha256,
@@ -130,9 +132,10 @@ class CacheReader:
     def _read_checked(self, key: str, entry: dict) -> np.ndarray:
         """The whole array, if every chunk matches the manifest's checksum.
 
-        A worker thread reads one storage block after the other into the output (file reads
-        release the GIL) while this thread checksums the blocks already read, so the CRC-32C
-        costs little more than the read itself; a mismatch raises ``CacheError`` naming the
+        Two threads, this one and a worker, take storage blocks in turn and each reads a block
+        into the output and checksums it at once. File reads release the GIL and so does an
+        xxh3 checksum, so with a core free the two threads share the work; with none free, each
+        block costs what one thread alone would pay. A mismatch raises ``CacheError`` naming the
         array and the chunks.
         """
         shape = tuple(entry["shape"])
@@ -145,19 +148,37 @@ class CacheReader:
         if len(spec["values"]) != -(-n // size):
             raise CacheError(f"{key} in {self.path}: the manifest has {len(spec['values'])} "
                              f"checksums for {n} rows in chunks of {size}; {FIX}")
+        checksum = checksum_function(str(spec.get("algorithm")))
         step = size * max(1, self._impl.block_rows(key) // size)
-        spans = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
-        bad: list[int] = []
-        with ThreadPoolExecutor(1, thread_name_prefix="cache-read") as pool:
-            pending = [pool.submit(self._impl.read_into, key, lo, hi, out[lo:hi])
-                       for lo, hi in spans]
+        spans = deque((lo, min(n, lo + step)) for lo in range(0, n, step))
+        stop: list[bool] = []  # set when a thread fails: the other one stops after its block
+
+        def work() -> list[int]:
+            bad: list[int] = []
             try:
-                for (lo, hi), done in zip(spans, pending):
-                    done.result()
-                    bad += bad_chunks(spec, out[lo:hi], lo // size)
-            finally:
-                for later in pending:
-                    later.cancel()
+                while spans and not stop:
+                    try:
+                        lo, hi = spans.popleft()  # thread-safe: each block goes to one thread
+                    except IndexError:
+                        break
+                    self._impl.read_into(key, lo, hi, out[lo:hi])
+                    bad += bad_chunks(spec, out[lo:hi], lo // size, checksum)
+            except BaseException:
+                stop.append(True)
+                raise
+            return bad
+
+        if n <= step:
+            bad = work()
+        else:
+            with ThreadPoolExecutor(1, thread_name_prefix="cache-read") as pool:
+                helper = pool.submit(work)
+                try:
+                    bad = work()
+                except BaseException:
+                    wait([helper])
+                    raise
+                bad = sorted(bad + helper.result())
         if bad:
             raise CacheError(f"{key} in {self.path}: "
                              f"{describe_bad_chunks(bad, size, n, spec['algorithm'])}: the cache "

@@ -59,6 +59,7 @@ def _verify_array(reader: CacheReader, key: str, entry: dict) -> str | None:
     if count != len(values):
         return (f"the manifest has {len(values)} checksums for {rows} rows in chunks of "
                 f"{size} rows; expected {count} (the manifest is damaged)")
+    checksum = checksum_function(str(algorithm))
     bad, unreadable = [], []
     for first in range(0, count, _CHUNKS_PER_READ):
         lo, hi = first * size, min(rows, (first + _CHUNKS_PER_READ) * size)
@@ -67,7 +68,7 @@ def _verify_array(reader: CacheReader, key: str, entry: dict) -> str | None:
         except Exception as err:  # noqa: BLE001 - name the chunks that cannot be read
             unreadable.append(f"chunks {first}-{-(-hi // size) - 1} ({type(err).__name__}: {err})")
             continue
-        bad += bad_chunks(spec, block, first)
+        bad += bad_chunks(spec, block, first, checksum)
     parts = [f"{describe_bad_chunks(bad, size, rows, algorithm)} (the data on disk changed or "
              "is corrupted)"] if bad else []
     if unreadable:

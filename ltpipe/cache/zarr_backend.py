@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ltpipe.cache.rawio import pread_into
+from ltpipe.cache.format import CacheError
+from ltpipe.cache.rawio import pread_into, preallocate
 from ltpipe.utils import LtpipeError
 
 #: compression name -> (zarr v3 codec name, its configuration without level and typesize)
@@ -102,8 +103,12 @@ def _numcodec(codec_meta: dict | None) -> Any:
 
 
 def _crc32c(data: bytes | memoryview) -> bytes:
-    import google_crc32c
-
+    """The CRC-32C that zarr's sharding codec appends to a shard's index."""
+    try:
+        import google_crc32c
+    except ImportError as err:
+        raise CacheError("zarr shard indexes carry a CRC-32C, which needs the google-crc32c "
+                          "package; pip install 'google-crc32c>=1.5'") from err
     return struct.pack("<I", google_crc32c.value(bytes(data)))
 
 
@@ -130,10 +135,6 @@ class Writer:
     they come; a shard's index is written when the next shard starts or the array is finished.
     """
 
-    #: write_chunks spends its time in file writes, which release the GIL (CacheWriter then
-    #: computes checksums meanwhile)
-    WRITES_RELEASE_GIL = True
-
     def __init__(self, root: Path, compression: str, level: int, chunk_mb: float) -> None:
         self.root = Path(root)
         self.compression, self.level, self.chunk_mb = compression, level, chunk_mb
@@ -153,34 +154,51 @@ class Writer:
         _write_json(self.root / key / "zarr.json", self._meta[key])
 
     def write_chunks(self, key: str, first: int, block: np.ndarray) -> None:
-        """Write chunks ``first, first+1, ...``: whole chunks, or the array's last partial one."""
+        """Write chunks ``first, first+1, ...``: whole chunks, or the array's last partial one.
+
+        Uncompressed chunks that go to the same shard are written with one call."""
         chunk_rows = self._meta[key]["codecs"][0]["configuration"]["chunk_shape"][0]
         block = np.ascontiguousarray(block.astype(block.dtype.newbyteorder("<"), copy=False))
-        for j, lo in enumerate(range(0, len(block), chunk_rows)):
-            self._write_chunk(key, first + j, block[lo:lo + chunk_rows], chunk_rows)
+        if self._codec[key] is not None:
+            for j, lo in enumerate(range(0, len(block), chunk_rows)):
+                self._write_encoded(key, first + j, block[lo:lo + chunk_rows], chunk_rows)
+            return
+        chunk_bytes = chunk_rows * block[:1].nbytes
+        lo, number = 0, first
+        while lo < len(block):
+            shard_number, slot = divmod(number, CHUNKS_PER_SHARD)
+            count = min(CHUNKS_PER_SHARD - slot, -(-(len(block) - lo) // chunk_rows))
+            hi = min(len(block), lo + count * chunk_rows)
+            shard = self._open_shard(key, shard_number, block.ndim)
+            preallocate(shard.fh.fileno(), shard.offset, count * chunk_bytes)
+            shard.fh.write(memoryview(block[lo:hi]).cast("B"))
+            padding = count * chunk_bytes - block[lo:hi].nbytes
+            if padding:  # the array's last chunk is stored full size: its padding is skipped,
+                shard.fh.seek(padding, os.SEEK_CUR)  # preallocated or a hole, read as zeros
+            for i in range(count):
+                shard.index[slot + i] = shard.offset, chunk_bytes
+                shard.offset += chunk_bytes
+            lo, number = hi, number + count
 
-    def _write_chunk(self, key: str, number: int, chunk: np.ndarray, chunk_rows: int) -> None:
-        shard_number, slot = divmod(number, CHUNKS_PER_SHARD)
+    def _open_shard(self, key: str, shard_number: int, ndim: int) -> _Shard:
+        """The shard being written, after closing the one before if it is another."""
         shard = self._shard.get(key)
         if shard is None or shard.number != shard_number:
             self._close_shard(key)
-            path = _shard_path(self.root / key, shard_number, chunk.ndim)  # no folder to make
+            path = _shard_path(self.root / key, shard_number, ndim)  # no folder to make
             shard = self._shard[key] = _Shard(shard_number, open(path, "wb"))
-        codec = self._codec[key]
-        missing = (chunk_rows - len(chunk)) * chunk[:1].nbytes
-        if codec is None:  # the array's last chunk is stored full size, zero padded: a file hole
-            data, size = memoryview(chunk).cast("B"), len(chunk) * chunk[:1].nbytes + missing
-            shard.fh.write(data)
-            shard.fh.seek(missing, os.SEEK_CUR)
-        else:
-            if missing:
-                chunk = np.concatenate([chunk, np.zeros((chunk_rows - len(chunk),
-                                                         *chunk.shape[1:]), chunk.dtype)])
-            data = codec.encode(chunk)
-            size = len(data)
-            shard.fh.write(data)
-        shard.index[slot] = shard.offset, size
-        shard.offset += size
+        return shard
+
+    def _write_encoded(self, key: str, number: int, chunk: np.ndarray, chunk_rows: int) -> None:
+        shard_number, slot = divmod(number, CHUNKS_PER_SHARD)
+        shard = self._open_shard(key, shard_number, chunk.ndim)
+        if len(chunk) < chunk_rows:  # the array's last chunk is encoded full size, zero padded
+            chunk = np.concatenate([chunk, np.zeros((chunk_rows - len(chunk),
+                                                     *chunk.shape[1:]), chunk.dtype)])
+        data = self._codec[key].encode(chunk)
+        shard.fh.write(data)
+        shard.index[slot] = shard.offset, len(data)
+        shard.offset += len(data)
 
     def _close_shard(self, key: str) -> None:
         shard = self._shard.pop(key, None)
