@@ -52,7 +52,7 @@ rule compare:
     conda:
         "../envs/ltpipe.yaml"
     shell:
-        "python -m ltpipe.report.cli compare --published {input.published} --summary {input.summary}"
+        "python -m ltpipe compare --published {input.published} --summary {input.summary}"
         " --traits {params.traits:q} --csv {output.csv} --md {output.md} --html {output.html}"
         " > {log} 2>&1"
 
@@ -76,7 +76,7 @@ rule plot_perclass:
     conda:
         "../envs/ltpipe.yaml"
     shell:
-        "python -m ltpipe.report.cli plot perclass --metrics {input} --out {output} > {log} 2>&1"
+        "python -m ltpipe plot perclass --metrics {input} --out {output} > {log} 2>&1"
 
 
 rule plot_sweep:
@@ -96,7 +96,7 @@ rule plot_sweep:
     conda:
         "../envs/ltpipe.yaml"
     shell:
-        "python -m ltpipe.report.cli plot sweep --classifier {wildcards.classifier} --metrics {input}"
+        "python -m ltpipe plot sweep --classifier {wildcards.classifier} --metrics {input}"
         " --out {output} > {log} 2>&1"
 
 
@@ -123,7 +123,7 @@ rule plot_weight_norms:
     conda:
         "../envs/ltpipe.yaml"
     shell:
-        "python -m ltpipe.report.cli plot wnorm --metrics {input.metrics} --caches {input.caches}"
+        "python -m ltpipe plot wnorm --metrics {input.metrics} --caches {input.caches}"
         " --out {output} > {log} 2>&1"
 
 
@@ -150,7 +150,7 @@ rule plot_confusion:
     conda:
         "../envs/ltpipe.yaml"
     shell:
-        "python -m ltpipe.report.cli plot confusion --metrics {input.metrics} --caches {input.caches}"
+        "python -m ltpipe plot confusion --metrics {input.metrics} --caches {input.caches}"
         " --out {output} > {log} 2>&1"
 
 
@@ -176,7 +176,7 @@ rule plot_tsne:
     conda:
         "../envs/ltpipe.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m ltpipe.report.cli plot tsne --caches {input}"
+        "OMP_NUM_THREADS={threads} python -m ltpipe plot tsne --caches {input}"
         " --max-points {params.max_points} --title '{wildcards.dataset} IF{wildcards.imb},"
         " backbone {wildcards.backbone}' --out {output} > {log} 2>&1"
 
@@ -205,7 +205,7 @@ rule plot_tsne_fused:
     conda:
         "../envs/ltpipe.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m ltpipe.report.cli plot tsne --caches {input} --w1 {params.w1}"
+        "OMP_NUM_THREADS={threads} python -m ltpipe plot tsne --caches {input} --w1 {params.w1}"
         " {params.normalize} --max-points {params.max_points} --title '{wildcards.dataset}"
         " IF{wildcards.imb}, {wildcards.classifier} fused features (w1 {params.w1})'"
         " --out {output} > {log} 2>&1"

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
+from ltpipe.cli import main as ltpipe_main
 from ltpipe.report import plotdata as pdata
 from ltpipe.report import plots
-from ltpipe.report.cli import main as report_main
 from ltpipe.report.published import compare, load_published, write_comparison
 from ltpipe.report.targets import plot_targets, run_traits
 from ltpipe.utils import LtpipeError, write_json
@@ -150,16 +150,22 @@ def test_every_plot_is_a_sensible_png(toy, tmp_path):
     plots.plot_sweep(m, tmp_path / "sweep.png", "tau_norm")
     plots.plot_weight_norms(m, c, tmp_path / "wnorm.png")
     plots.plot_confusion(m, c, tmp_path / "confusion.png")
-    assert report_main(["plot", "tsne", "--caches", c[0], "--out", str(tmp_path / "tsne.png"),
+    assert ltpipe_main(["plot", "tsne", "--caches", c[0], "--out", str(tmp_path / "tsne.png"),
                         "--max-points", "20", "--title", "toy"]) == 0
-    assert report_main(["plot", "tsne", "--caches", *c, "--w1", "0.9", "--normalize",
+    assert ltpipe_main(["plot", "tsne", "--caches", *c, "--w1", "0.9", "--normalize",
                         "--out", str(tmp_path / "fused.png")]) == 0
     for name in ("perclass", "sweep", "wnorm", "confusion", "tsne", "fused"):
         _assert_png(tmp_path / f"{name}.png")
 
 
+def test_one_command_lists_every_plot_kind():
+    proc = subprocess.run([sys.executable, "-m", "ltpipe", "plot", "--help"], capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True)
+    assert "{perclass,sweep,wnorm,confusion,tsne}" in proc.stdout, proc.stdout
+
+
 def test_sweep_plot_names_a_missing_classifier(toy, tmp_path):
-    assert report_main(["plot", "sweep", "--classifier", "lws", "--metrics", *toy["metrics"],
+    assert ltpipe_main(["plot", "sweep", "--classifier", "lws", "--metrics", *toy["metrics"],
                         "--out", str(tmp_path / "x.png")]) == 2
     assert not (tmp_path / "x.png").exists()
 

@@ -1,16 +1,13 @@
-"""Command-line entry points of the report stage: ``plot <kind>`` and ``compare``.
+"""The report stage's subcommands of ``ltpipe``: ``plot <kind>`` and ``compare``.
 
-Registered into the ``ltpipe`` command by :func:`add_subcommands`; also runnable on its own as
-``python -m ltpipe.report.cli plot perclass --metrics ... --out x.png`` (what the rules call).
+Registered into the ``ltpipe`` command (``ltpipe/cli.py``) by :func:`add_subcommands`; the rules
+call ``python -m ltpipe plot perclass --metrics ... --out x.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-
-from ltpipe.utils import LtpipeError
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -82,18 +79,3 @@ def add_subcommands(subparsers) -> None:
     c.add_argument("--html", default=None, help="also an HTML page of both tables")
     c.set_defaults(func=_compare)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ltpipe.report.cli", description=__doc__.splitlines()[0])
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except LtpipeError as err:
-        print(f"ltpipe {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
