@@ -2,20 +2,21 @@
 # marked report() goes into `snakemake --report report.html`, captioned from workflow/report/.
 # Targets and each job's inputs come from ltpipe/report/targets.py; plots are cheap (t-SNE on at
 # most 1000 test samples of the first split seed and training seed).
+from functools import partial
+
 from ltpipe.report.targets import (
     fusion_settings,
-    group_caches,
-    group_entries,
-    logits_of,
-    metrics_of,
+    group_inputs,
+    group_metrics,
     plot_targets,
     run_traits,
-    sweep_entries,
+    sweep_metrics,
     tsne_caches,
 )
 
 REPORT_TARGETS = plot_targets(config)
 PLOTS = f"{R}/{{dataset}}/if{{imb}}/plots"
+WNORM_CONFUSION = {"wnorm": "4. Classifier weight norms", "confusion": "5. Confusion matrices"}
 
 
 report: "../workflow/report/workflow.rst"
@@ -59,7 +60,7 @@ rule compare:
 
 rule plot_perclass:
     input:
-        lambda wc: metrics_of(config, wc.dataset, wc.imb, group_entries(config, wc.dataset, wc.group)),
+        partial(group_metrics, config),
     output:
         report(
             f"{PLOTS}/perclass_{{group}}.png",
@@ -81,7 +82,7 @@ rule plot_perclass:
 
 rule plot_sweep:
     input:
-        lambda wc: metrics_of(config, wc.dataset, wc.imb, sweep_entries(config, wc.dataset, wc.classifier)),
+        partial(sweep_metrics, config),
     output:
         report(
             f"{PLOTS}/sweep_{{classifier}}.png",
@@ -100,22 +101,22 @@ rule plot_sweep:
         " --out {output} > {log} 2>&1"
 
 
-rule plot_weight_norms:
+rule plot_wnorm_confusion:
+    # Classifier weight norms, and confusion matrices where plot_targets asks for them.
     input:
-        metrics=lambda wc: metrics_of(config, wc.dataset, wc.imb, group_entries(config, wc.dataset, wc.group)),
-        logits=lambda wc: logits_of(config, wc.dataset, wc.imb, group_entries(config, wc.dataset, wc.group)),
-        caches=lambda wc: group_caches(config, wc.dataset, wc.imb, wc.group),
+        unpack(partial(group_inputs, config)),
     output:
         report(
-            f"{PLOTS}/wnorm_{{group}}.png",
-            caption="../workflow/report/wnorm.rst",
-            category="4. Classifier weight norms",
+            f"{PLOTS}/{{kind}}_{{group}}.png",
+            caption="../workflow/report/wnorm_confusion.rst",
+            category=lambda wc: WNORM_CONFUSION[wc.kind],
             subcategory="{dataset} IF{imb}",
             labels={"data set": "{dataset}", "IF": "{imb}", "backbone": "{group}"},
         ),
     log:
-        f"{LOGS}/plots/wnorm_{{dataset}}_if{{imb}}_{{group}}.log",
+        f"{LOGS}/plots/{{kind}}_{{dataset}}_if{{imb}}_{{group}}.log",
     wildcard_constraints:
+        kind="|".join(WNORM_CONFUSION),
         group=r"[A-Za-z0-9_+-]+",
     resources:
         runtime=20,
@@ -123,34 +124,7 @@ rule plot_weight_norms:
     conda:
         "../envs/ltpipe.yaml"
     shell:
-        "python -m ltpipe plot wnorm --metrics {input.metrics} --caches {input.caches}"
-        " --out {output} > {log} 2>&1"
-
-
-rule plot_confusion:
-    input:
-        metrics=lambda wc: metrics_of(config, wc.dataset, wc.imb, group_entries(config, wc.dataset, wc.group)),
-        logits=lambda wc: logits_of(config, wc.dataset, wc.imb, group_entries(config, wc.dataset, wc.group)),
-        caches=lambda wc: group_caches(config, wc.dataset, wc.imb, wc.group),
-    output:
-        report(
-            f"{PLOTS}/confusion_{{group}}.png",
-            caption="../workflow/report/confusion.rst",
-            category="5. Confusion matrices",
-            subcategory="{dataset} IF{imb}",
-            labels={"data set": "{dataset}", "IF": "{imb}", "backbone": "{group}"},
-        ),
-    log:
-        f"{LOGS}/plots/confusion_{{dataset}}_if{{imb}}_{{group}}.log",
-    wildcard_constraints:
-        group=r"[A-Za-z0-9_+-]+",
-    resources:
-        runtime=20,
-        mem_mb=4000,
-    conda:
-        "../envs/ltpipe.yaml"
-    shell:
-        "python -m ltpipe plot confusion --metrics {input.metrics} --caches {input.caches}"
+        "python -m ltpipe plot {wildcards.kind} --metrics {input.metrics} --caches {input.caches}"
         " --out {output} > {log} 2>&1"
 
 

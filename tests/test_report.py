@@ -8,16 +8,24 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import yaml
 
 from ltpipe.cli import main as ltpipe_main
+from ltpipe.config import load_yaml_strict, validate_schema
 from ltpipe.report import plotdata as pdata
 from ltpipe.report import plots
 from ltpipe.report.published import compare, load_published, write_comparison
-from ltpipe.report.targets import plot_targets, run_traits
+from ltpipe.report.targets import (
+    group_inputs,
+    group_metrics,
+    plot_targets,
+    run_traits,
+    sweep_metrics,
+)
 from ltpipe.utils import LtpipeError, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,6 +277,29 @@ def test_plot_targets_of_the_default_config():
     big = {**cfg, "datasets": {"digits": {**cfg["datasets"]["digits"], "source": "cifar100"}}}
     assert not any("confusion" in t for t in plot_targets(big))  # 100 classes: no matrix
     assert run_traits(cfg)["backbones"]["ce"]["architecture"] == "resnet8"
+
+
+@pytest.fixture
+def default_cfg() -> dict:
+    cfg = load_yaml_strict(ROOT / "config.yaml")
+    validate_schema(cfg)
+    return cfg
+
+
+def test_input_functions_of_the_plot_rules(default_cfg):
+    """The files each plot job reads on the default config (what the rules' lambdas gave)."""
+    wc = SimpleNamespace(dataset="digits", imb="10", group="kps+ce", classifier="tau_norm")
+    run, cls = "results/digits/if10/s0", "results/digits/if10/s0/cls"
+    group = [f"{cls}/joint/t0/default", f"{cls}/joint_kps/t0/default", f"{cls}/ffn/t0/w1=0.5",
+             f"{cls}/ffn/t0/w1=0.9"]  # the group's entries and the joint ones on its backbones
+    assert group_metrics(default_cfg, wc) == [f"{d}/metrics.json" for d in group]
+    assert group_inputs(default_cfg, wc) == {
+        "metrics": [f"{d}/metrics.json" for d in group],
+        "logits": [f"{d}/logits.npz" for d in group],
+        "caches": [f"{run}/kps/t0/cache.zarr", f"{run}/ce/t0/cache.zarr"]}
+    assert sweep_metrics(default_cfg, wc) == [
+        *(f"{cls}/tau_norm/t0/tau={t}/metrics.json" for t in ("0.0", "0.5", "1.0", "1.5")),
+        f"{cls}/joint/t0/default/metrics.json"]
 
 
 # ---------------------------------------------------------- snakemake --report on a real run

@@ -3,7 +3,8 @@
 Plots aggregate over split and training seeds, so they live beside the splits:
 ``{results}/{dataset}/if{imb}/plots/``. A *group* is the backbone set a classifier entry reads,
 joined by ``+`` (``ce``, or ``kps+ce`` for FFN); per-class, confusion and weight-norm plots are
-drawn per group, with the ``joint`` entries on the group's backbones as the baseline.
+drawn per group, with the ``joint`` entries on the group's backbones as the baseline. Functions
+of ``(cfg, wildcards)`` are the rules' input functions (bound to the config with ``partial``).
 """
 
 from __future__ import annotations
@@ -97,6 +98,27 @@ def group_caches(cfg: dict, dataset: str, imb: str, group: str) -> list[str]:
         seeds |= set(classifier_seeds(cfg, clf))
     return [cache_path(cfg, d, b, s) for _, d in _split_dirs(cfg, dataset, imb)
             for b in group.split("+") for s in sorted(seeds)]
+
+
+def group_metrics(cfg: dict, wildcards) -> list[str]:
+    """Input of plot_perclass: metrics.json of the group's entries (``wildcards``: the job's)."""
+    w = wildcards
+    return metrics_of(cfg, w.dataset, w.imb, group_entries(cfg, w.dataset, w.group))
+
+
+def sweep_metrics(cfg: dict, wildcards) -> list[str]:
+    """Input of plot_sweep: metrics.json of the swept entry and its joint baselines."""
+    w = wildcards
+    return metrics_of(cfg, w.dataset, w.imb, sweep_entries(cfg, w.dataset, w.classifier))
+
+
+def group_inputs(cfg: dict, wildcards) -> dict[str, list[str]]:
+    """Input of plot_wnorm_confusion: the group's metrics.json, logits.npz and caches."""
+    w = wildcards
+    entries = group_entries(cfg, w.dataset, w.group)
+    return {"metrics": metrics_of(cfg, w.dataset, w.imb, entries),
+            "logits": logits_of(cfg, w.dataset, w.imb, entries),
+            "caches": group_caches(cfg, w.dataset, w.imb, w.group)}
 
 
 def tsne_backbones(cfg: dict, dataset: str) -> list[str]:
