@@ -6,6 +6,7 @@ sys.path.insert(0, workflow.basedir)  # use this checkout's ltpipe package
 
 from snakemake.utils import validate
 
+from ltpipe.report.targets import plot_targets
 from ltpipe.slurm_fit import check_workflow as check_slurm_fit
 from ltpipe.train.recipe import RUNTIME_ENV
 
@@ -61,6 +62,7 @@ SPLIT_DIR = f"{R}/{{dataset}}/if{{imb}}/s{{split_seed}}"
 RUN_DIR = f"{SPLIT_DIR}/{{backbone}}/t{{seed}}"
 CACHE_EXT = "zarr" if config["cache"]["backend"] == "zarr" else "h5"
 SUMMARY = [f"{R}/summary.csv", f"{R}/summary.md"]
+REPORT_TARGETS = plot_targets(config)  # figures and tables of rules/report.smk
 LOGS = f"{R}/logs"
 
 

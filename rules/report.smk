@@ -8,13 +8,11 @@ from ltpipe.report.targets import (
     fusion_settings,
     group_inputs,
     group_metrics,
-    plot_targets,
     run_traits,
     sweep_metrics,
     tsne_caches,
 )
 
-REPORT_TARGETS = plot_targets(config)
 PLOTS = f"{R}/{{dataset}}/if{{imb}}/plots"
 WNORM_CONFUSION = {"wnorm": "4. Classifier weight norms", "confusion": "5. Confusion matrices"}
 
@@ -186,7 +184,7 @@ rule plot_tsne_fused:
 
 
 rule plots:
-    # Every figure and the comparison table (the lead adds REPORT_TARGETS to `rule all`).
+    # Every figure and the comparison table (also in `rule all`).
     input:
         REPORT_TARGETS,
     localrule: True
