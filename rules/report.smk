@@ -5,12 +5,12 @@
 from functools import partial
 
 from ltpipe.report.targets import (
-    fusion_settings,
     group_inputs,
     group_metrics,
     run_traits,
     sweep_metrics,
-    tsne_caches,
+    tsne_args,
+    tsne_inputs,
 )
 
 PLOTS = f"{R}/{{dataset}}/if{{imb}}/plots"
@@ -127,20 +127,27 @@ rule plot_wnorm_confusion:
 
 
 rule plot_tsne:
+    # One backbone's test features (tsne_backbone_<recipe>) or an FFN entry's fused ones
+    # (tsne_fused_<entry>, with the w1 and normalisation its job uses).
     input:
-        lambda wc: tsne_caches(config, wc.dataset, wc.imb, [wc.backbone]),
+        partial(tsne_inputs, config),
     output:
         report(
-            f"{PLOTS}/tsne_backbone_{{backbone}}.png",
+            f"{PLOTS}/tsne_{{kind}}_{{features}}.png",
             caption="../workflow/report/tsne.rst",
             category="6. t-SNE of test features",
             subcategory="{dataset} IF{imb}",
-            labels={"data set": "{dataset}", "IF": "{imb}", "features": "{backbone}"},
+            labels=lambda wc: {"data set": wc.dataset, "IF": wc.imb, "features": wc.features
+                               + (" (fused)" if wc.kind == "fused" else "")},
         ),
     params:
         max_points=1000,
+        args=partial(tsne_args, config),
     log:
-        f"{LOGS}/plots/tsne_{{dataset}}_if{{imb}}_{{backbone}}.log",
+        f"{LOGS}/plots/tsne_{{kind}}_{{dataset}}_if{{imb}}_{{features}}.log",
+    wildcard_constraints:
+        kind="backbone|fused",
+        features=r"[A-Za-z0-9][A-Za-z0-9_-]*",
     threads: 2
     resources:
         runtime=30,
@@ -148,39 +155,8 @@ rule plot_tsne:
     conda:
         "../envs/ltpipe.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m ltpipe plot tsne --caches {input}"
-        " --max-points {params.max_points} --title '{wildcards.dataset} IF{wildcards.imb},"
-        " backbone {wildcards.backbone}' --out {output} > {log} 2>&1"
-
-
-rule plot_tsne_fused:
-    input:
-        lambda wc: tsne_caches(config, wc.dataset, wc.imb, config["classifiers"][wc.classifier]["backbones"]),
-    output:
-        report(
-            f"{PLOTS}/tsne_fused_{{classifier}}.png",
-            caption="../workflow/report/tsne.rst",
-            category="6. t-SNE of test features",
-            subcategory="{dataset} IF{imb}",
-            labels={"data set": "{dataset}", "IF": "{imb}", "features": "{classifier} (fused)"},
-        ),
-    params:
-        max_points=1000,
-        w1=lambda wc: fusion_settings(config, wc.classifier)["w1"],
-        normalize=lambda wc: "--normalize" if fusion_settings(config, wc.classifier)["normalize"] else "",
-    log:
-        f"{LOGS}/plots/tsne_fused_{{dataset}}_if{{imb}}_{{classifier}}.log",
-    threads: 2
-    resources:
-        runtime=30,
-        mem_mb=8000,
-    conda:
-        "../envs/ltpipe.yaml"
-    shell:
-        "OMP_NUM_THREADS={threads} python -m ltpipe plot tsne --caches {input} --w1 {params.w1}"
-        " {params.normalize} --max-points {params.max_points} --title '{wildcards.dataset}"
-        " IF{wildcards.imb}, {wildcards.classifier} fused features (w1 {params.w1})'"
-        " --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m ltpipe plot tsne --caches {input} {params.args:q}"
+        " --max-points {params.max_points} --out {output} > {log} 2>&1"
 
 
 rule plots:

@@ -46,7 +46,7 @@ LIST_FILES = {
 }
 CORE_RULES = {"split", "train", "dump", "classify", "summary", "all"}
 REPORT_RULES = {"compare", "plots", "plot_perclass", "plot_sweep", "plot_wnorm_confusion",
-                "plot_tsne", "plot_tsne_fused"}
+                "plot_tsne"}
 
 
 def load(name: str) -> dict:

@@ -80,7 +80,7 @@ def _edited(default_run: Path, edit) -> Path:
 
 
 REPORT_RULES = {"summary", "compare", "all", "plot_perclass", "plot_sweep", "plot_wnorm_confusion",
-                "plot_tsne", "plot_tsne_fused"}
+                "plot_tsne"}
 
 
 def _upstream_untouched(jobs: dict[str, int]) -> None:

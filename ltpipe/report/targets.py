@@ -10,6 +10,7 @@ of ``(cfg, wildcards)`` are the rules' input functions (bound to the config with
 from __future__ import annotations
 
 from ltpipe.config import (
+    as_json,
     cache_path,
     classifier_datasets,
     classifier_seeds,
@@ -149,11 +150,22 @@ def fused_entries(cfg: dict, dataset: str) -> list[str]:
     return [c for c in _entries(cfg, dataset) if cfg["classifiers"][c]["method"] == "ffn"]
 
 
-def fusion_settings(cfg: dict, clf: str) -> dict:
-    """w1 and whether features are L2-normalised first (FFN's first sweep point)."""
-    settings = sweep_points(cfg["classifiers"][clf].get("settings", {}))[0][1]
-    return {"w1": float(settings.get("w1", 0.9)),
-            "normalize": settings.get("variant", "paper") == "reference"}
+def tsne_inputs(cfg: dict, wildcards) -> list[str]:
+    """Input of plot_tsne: the cache of one backbone, or those of an FFN entry's (``fused``)."""
+    w = wildcards
+    backbones = cfg["classifiers"][w.features]["backbones"] if w.kind == "fused" else [w.features]
+    return tsne_caches(cfg, w.dataset, w.imb, backbones)
+
+
+def tsne_args(cfg: dict, wildcards) -> list[str]:
+    """plot_tsne's title and, for fused features, the FFN entry's first-point w1 and variant (the
+    plot resolves them over FFN's declared defaults as the job does; torch stays out of here)."""
+    w = wildcards
+    if w.kind == "backbone":
+        return ["--title", f"{w.dataset} IF{w.imb}, backbone {w.features}"]
+    point = sweep_points(cfg["classifiers"][w.features].get("settings", {}))[0][1]
+    return ["--ffn-settings", as_json({k: v for k, v in point.items() if k in ("w1", "variant")}),
+            "--title", f"{w.dataset} IF{w.imb}, {w.features} fused features"]
 
 
 def plot_targets(cfg: dict) -> list[str]:
