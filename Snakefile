@@ -21,7 +21,7 @@ rule all:
     default_target: True
     input:
         SUMMARY,
-        lambda wc: REPORT_TARGETS,  # plots and the comparison table (rules/report.smk)
+        REPORT_TARGETS,  # plots and the comparison table (rules/report.smk)
 
 
 include: "rules/splits.smk"

@@ -55,6 +55,7 @@ class Layout:
         self.results = str(cfg.get("results", "results"))
         backend = cfg.get("cache", {}).get("backend", "zarr")
         self.ext = CACHE_EXT[backend]
+        self.logs = f"{self.results}/logs"
 
     def pattern(self, name: str) -> str:
         """The path of artifact ``name`` with its ``{fields}`` left open (a rule's pattern)."""
@@ -66,7 +67,7 @@ class Layout:
 
     def log(self, step: str, suffix: str = "log") -> str:
         """The log pattern of one job of ``step`` (``suffix`` ``tsv``: its benchmark file)."""
-        return f"{self.results}/logs/{step}/{LOGS.get(step, step)}.{suffix}"
+        return f"{self.logs}/{step}/{LOGS.get(step, step)}.{suffix}"
 
 
 def parse(name: str, path: Any) -> dict[str, str] | None:

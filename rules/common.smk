@@ -6,6 +6,7 @@ sys.path.insert(0, workflow.basedir)  # use this checkout's ltpipe package
 
 from snakemake.utils import validate
 
+from ltpipe.report.targets import plot_targets
 from ltpipe.slurm_fit import check_workflow as check_slurm_fit
 from ltpipe import runtime
 
@@ -59,6 +60,7 @@ if os.environ.get("PATH", "").split(os.pathsep)[0] != _PYTHON_BIN:
 PATHS = Layout(config)  # every artifact's path pattern (ltpipe/paths.py)
 JOBS = sweep_table(config)  # {(classifier, point): job}, every sweep expanded once
 SUMMARY = [PATHS.pattern("summary_csv"), PATHS.pattern("summary_md")]
+REPORT_TARGETS = plot_targets(config)  # figures and tables of rules/report.smk
 
 
 wildcard_constraints:

@@ -2,22 +2,20 @@
 # marked report() goes into `snakemake --report report.html`, captioned from workflow/report/.
 # Targets and each job's inputs come from ltpipe/report/targets.py; plots are cheap (t-SNE on at
 # most 1000 test samples of the first split seed and training seed).
+from functools import partial
+
 from ltpipe.report.targets import (
-    fusion_settings,
-    group_caches,
-    group_entries,
-    logits_of,
-    metrics_of,
-    plot_targets,
+    group_inputs,
+    group_metrics,
     run_traits,
-    sweep_entries,
-    tsne_caches,
+    sweep_metrics,
+    tsne_args,
+    tsne_inputs,
 )
 
-REPORT_TARGETS = plot_targets(config)
-R = PATHS.results
-LOGS = f"{R}/logs"
+LOGS = PATHS.logs
 PLOTS = PATHS.pattern("plots")
+WNORM_CONFUSION = {"wnorm": "4. Classifier weight norms", "confusion": "5. Confusion matrices"}
 
 
 report: "../workflow/report/workflow.rst"
@@ -43,9 +41,9 @@ rule compare:
         summary=SUMMARY[0],
         published=workflow.source_path("../workflow/published_results.yaml"),
     output:
-        csv=report(f"{R}/comparison.csv", caption="../workflow/report/comparison.rst", category="1. Tables"),
-        md=f"{R}/comparison.md",
-        html=report(f"{R}/tables.html", caption="../workflow/report/tables.rst", category="1. Tables"),
+        csv=report(PATHS.pattern("comparison_csv"), caption="../workflow/report/comparison.rst", category="1. Tables"),
+        md=PATHS.pattern("comparison_md"),
+        html=report(PATHS.pattern("tables_html"), caption="../workflow/report/tables.rst", category="1. Tables"),
     params:
         traits=as_json(run_traits(config)),
     log:
@@ -54,14 +52,14 @@ rule compare:
     conda:
         "../envs/ltpipe.yaml"
     shell:
-        "python -m ltpipe.report.cli compare --published {input.published} --summary {input.summary}"
+        "python -m ltpipe compare --published {input.published} --summary {input.summary}"
         " --traits {params.traits:q} --csv {output.csv} --md {output.md} --html {output.html}"
         " > {log} 2>&1"
 
 
 rule plot_perclass:
     input:
-        lambda wc: metrics_of(config, wc.dataset, wc.imb, group_entries(config, wc.dataset, wc.group)),
+        partial(group_metrics, config),
     output:
         report(
             f"{PLOTS}/perclass_{{group}}.png",
@@ -78,12 +76,12 @@ rule plot_perclass:
     conda:
         "../envs/ltpipe.yaml"
     shell:
-        "python -m ltpipe.report.cli plot perclass --metrics {input} --out {output} > {log} 2>&1"
+        "python -m ltpipe plot perclass --metrics {input} --out {output} > {log} 2>&1"
 
 
 rule plot_sweep:
     input:
-        lambda wc: metrics_of(config, wc.dataset, wc.imb, sweep_entries(config, wc.dataset, wc.classifier)),
+        partial(sweep_metrics, config),
     output:
         report(
             f"{PLOTS}/sweep_{{classifier}}.png",
@@ -98,26 +96,26 @@ rule plot_sweep:
     conda:
         "../envs/ltpipe.yaml"
     shell:
-        "python -m ltpipe.report.cli plot sweep --classifier {wildcards.classifier} --metrics {input}"
+        "python -m ltpipe plot sweep --classifier {wildcards.classifier} --metrics {input}"
         " --out {output} > {log} 2>&1"
 
 
-rule plot_weight_norms:
+rule plot_wnorm_confusion:
+    # Classifier weight norms, and confusion matrices where plot_targets asks for them.
     input:
-        metrics=lambda wc: metrics_of(config, wc.dataset, wc.imb, group_entries(config, wc.dataset, wc.group)),
-        logits=lambda wc: logits_of(config, wc.dataset, wc.imb, group_entries(config, wc.dataset, wc.group)),
-        caches=lambda wc: group_caches(config, wc.dataset, wc.imb, wc.group),
+        unpack(partial(group_inputs, config)),
     output:
         report(
-            f"{PLOTS}/wnorm_{{group}}.png",
-            caption="../workflow/report/wnorm.rst",
-            category="4. Classifier weight norms",
+            f"{PLOTS}/{{kind}}_{{group}}.png",
+            caption="../workflow/report/wnorm_confusion.rst",
+            category=lambda wc: WNORM_CONFUSION[wc.kind],
             subcategory="{dataset} IF{imb}",
             labels={"data set": "{dataset}", "IF": "{imb}", "backbone": "{group}"},
         ),
     log:
-        f"{LOGS}/plots/wnorm_{{dataset}}_if{{imb}}_{{group}}.log",
+        f"{LOGS}/plots/{{kind}}_{{dataset}}_if{{imb}}_{{group}}.log",
     wildcard_constraints:
+        kind="|".join(WNORM_CONFUSION),
         group=r"[A-Za-z0-9_+-]+",
     resources:
         runtime=20,
@@ -125,52 +123,32 @@ rule plot_weight_norms:
     conda:
         "../envs/ltpipe.yaml"
     shell:
-        "python -m ltpipe.report.cli plot wnorm --metrics {input.metrics} --caches {input.caches}"
-        " --out {output} > {log} 2>&1"
-
-
-rule plot_confusion:
-    input:
-        metrics=lambda wc: metrics_of(config, wc.dataset, wc.imb, group_entries(config, wc.dataset, wc.group)),
-        logits=lambda wc: logits_of(config, wc.dataset, wc.imb, group_entries(config, wc.dataset, wc.group)),
-        caches=lambda wc: group_caches(config, wc.dataset, wc.imb, wc.group),
-    output:
-        report(
-            f"{PLOTS}/confusion_{{group}}.png",
-            caption="../workflow/report/confusion.rst",
-            category="5. Confusion matrices",
-            subcategory="{dataset} IF{imb}",
-            labels={"data set": "{dataset}", "IF": "{imb}", "backbone": "{group}"},
-        ),
-    log:
-        f"{LOGS}/plots/confusion_{{dataset}}_if{{imb}}_{{group}}.log",
-    wildcard_constraints:
-        group=r"[A-Za-z0-9_+-]+",
-    resources:
-        runtime=20,
-        mem_mb=4000,
-    conda:
-        "../envs/ltpipe.yaml"
-    shell:
-        "python -m ltpipe.report.cli plot confusion --metrics {input.metrics} --caches {input.caches}"
+        "python -m ltpipe plot {wildcards.kind} --metrics {input.metrics} --caches {input.caches}"
         " --out {output} > {log} 2>&1"
 
 
 rule plot_tsne:
+    # One backbone's test features (tsne_backbone_<recipe>) or an FFN entry's fused ones
+    # (tsne_fused_<entry>, with the w1 and normalisation its job uses).
     input:
-        lambda wc: tsne_caches(config, wc.dataset, wc.imb, [wc.backbone]),
+        partial(tsne_inputs, config),
     output:
         report(
-            f"{PLOTS}/tsne_backbone_{{backbone}}.png",
+            f"{PLOTS}/tsne_{{kind}}_{{features}}.png",
             caption="../workflow/report/tsne.rst",
             category="6. t-SNE of test features",
             subcategory="{dataset} IF{imb}",
-            labels={"data set": "{dataset}", "IF": "{imb}", "features": "{backbone}"},
+            labels=lambda wc: {"data set": wc.dataset, "IF": wc.imb, "features": wc.features
+                               + (" (fused)" if wc.kind == "fused" else "")},
         ),
     params:
         max_points=1000,
+        args=partial(tsne_args, config),
     log:
-        f"{LOGS}/plots/tsne_{{dataset}}_if{{imb}}_{{backbone}}.log",
+        f"{LOGS}/plots/tsne_{{kind}}_{{dataset}}_if{{imb}}_{{features}}.log",
+    wildcard_constraints:
+        kind="backbone|fused",
+        features=r"[A-Za-z0-9][A-Za-z0-9_-]*",
     threads: 2
     resources:
         runtime=30,
@@ -178,43 +156,12 @@ rule plot_tsne:
     conda:
         "../envs/ltpipe.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m ltpipe.report.cli plot tsne --caches {input}"
-        " --max-points {params.max_points} --title '{wildcards.dataset} IF{wildcards.imb},"
-        " backbone {wildcards.backbone}' --out {output} > {log} 2>&1"
-
-
-rule plot_tsne_fused:
-    input:
-        lambda wc: tsne_caches(config, wc.dataset, wc.imb, config["classifiers"][wc.classifier]["backbones"]),
-    output:
-        report(
-            f"{PLOTS}/tsne_fused_{{classifier}}.png",
-            caption="../workflow/report/tsne.rst",
-            category="6. t-SNE of test features",
-            subcategory="{dataset} IF{imb}",
-            labels={"data set": "{dataset}", "IF": "{imb}", "features": "{classifier} (fused)"},
-        ),
-    params:
-        max_points=1000,
-        w1=lambda wc: fusion_settings(config, wc.classifier)["w1"],
-        normalize=lambda wc: "--normalize" if fusion_settings(config, wc.classifier)["normalize"] else "",
-    log:
-        f"{LOGS}/plots/tsne_fused_{{dataset}}_if{{imb}}_{{classifier}}.log",
-    threads: 2
-    resources:
-        runtime=30,
-        mem_mb=8000,
-    conda:
-        "../envs/ltpipe.yaml"
-    shell:
-        "OMP_NUM_THREADS={threads} python -m ltpipe.report.cli plot tsne --caches {input} --w1 {params.w1}"
-        " {params.normalize} --max-points {params.max_points} --title '{wildcards.dataset}"
-        " IF{wildcards.imb}, {wildcards.classifier} fused features (w1 {params.w1})'"
-        " --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m ltpipe plot tsne --caches {input} {params.args:q}"
+        " --max-points {params.max_points} --out {output} > {log} 2>&1"
 
 
 rule plots:
-    # Every figure and the comparison table (the lead adds REPORT_TARGETS to `rule all`).
+    # Every figure and the comparison table (also in `rule all`).
     input:
         REPORT_TARGETS,
     localrule: True

@@ -45,8 +45,8 @@ LIST_FILES = {
     "inat2018": ["iNaturalist18_train.txt", "iNaturalist18_val.txt"],
 }
 CORE_RULES = {"split", "train", "dump", "classify", "summary", "all"}
-REPORT_RULES = {"compare", "plots", "plot_perclass", "plot_sweep", "plot_weight_norms",
-                "plot_confusion", "plot_tsne", "plot_tsne_fused"}
+REPORT_RULES = {"compare", "plots", "plot_perclass", "plot_sweep", "plot_wnorm_confusion",
+                "plot_tsne"}
 
 
 def load(name: str) -> dict:

@@ -8,16 +8,26 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import yaml
 
+from ltpipe.cli import main as ltpipe_main
+from ltpipe.config import load_yaml_strict, validate_schema
 from ltpipe.report import plotdata as pdata
 from ltpipe.report import plots
-from ltpipe.report.cli import main as report_main
 from ltpipe.report.published import compare, load_published, write_comparison
-from ltpipe.report.targets import plot_targets, run_traits
+from ltpipe.report.targets import (
+    group_inputs,
+    group_metrics,
+    plot_targets,
+    run_traits,
+    sweep_metrics,
+    tsne_args,
+    tsne_inputs,
+)
 from ltpipe.utils import LtpipeError, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,16 +160,23 @@ def test_every_plot_is_a_sensible_png(toy, tmp_path):
     plots.plot_sweep(m, tmp_path / "sweep.png", "tau_norm")
     plots.plot_weight_norms(m, c, tmp_path / "wnorm.png")
     plots.plot_confusion(m, c, tmp_path / "confusion.png")
-    assert report_main(["plot", "tsne", "--caches", c[0], "--out", str(tmp_path / "tsne.png"),
+    assert ltpipe_main(["plot", "tsne", "--caches", c[0], "--out", str(tmp_path / "tsne.png"),
                         "--max-points", "20", "--title", "toy"]) == 0
-    assert report_main(["plot", "tsne", "--caches", *c, "--w1", "0.9", "--normalize",
-                        "--out", str(tmp_path / "fused.png")]) == 0
+    assert ltpipe_main(["plot", "tsne", "--caches", *c, "--ffn-settings",
+                        '{"w1": 0.9, "variant": "reference"}', "--out",
+                        str(tmp_path / "fused.png")]) == 0
     for name in ("perclass", "sweep", "wnorm", "confusion", "tsne", "fused"):
         _assert_png(tmp_path / f"{name}.png")
 
 
+def test_one_command_lists_every_plot_kind():
+    proc = subprocess.run([sys.executable, "-m", "ltpipe", "plot", "--help"], capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True)
+    assert "{perclass,sweep,wnorm,confusion,tsne}" in proc.stdout, proc.stdout
+
+
 def test_sweep_plot_names_a_missing_classifier(toy, tmp_path):
-    assert report_main(["plot", "sweep", "--classifier", "lws", "--metrics", *toy["metrics"],
+    assert ltpipe_main(["plot", "sweep", "--classifier", "lws", "--metrics", *toy["metrics"],
                         "--out", str(tmp_path / "x.png")]) == 2
     assert not (tmp_path / "x.png").exists()
 
@@ -265,6 +282,53 @@ def test_plot_targets_of_the_default_config():
     assert run_traits(cfg)["backbones"]["ce"]["architecture"] == "resnet8"
 
 
+@pytest.fixture
+def default_cfg() -> dict:
+    cfg = load_yaml_strict(ROOT / "config.yaml")
+    validate_schema(cfg)
+    return cfg
+
+
+def test_input_functions_of_the_plot_rules(default_cfg):
+    """The files each plot job reads on the default config (what the rules' lambdas gave)."""
+    wc = SimpleNamespace(dataset="digits", imb="10", group="kps+ce", classifier="tau_norm")
+    run, cls = "results/digits/if10/s0", "results/digits/if10/s0/cls"
+    group = [f"{cls}/joint/t0/default", f"{cls}/joint_kps/t0/default", f"{cls}/ffn/t0/w1=0.5",
+             f"{cls}/ffn/t0/w1=0.9"]  # the group's entries and the joint ones on its backbones
+    caches = [f"{run}/kps/t0/cache.zarr", f"{run}/ce/t0/cache.zarr"]
+    assert group_metrics(default_cfg, wc) == [f"{d}/metrics.json" for d in group]
+    assert group_inputs(default_cfg, wc) == {
+        "metrics": [f"{d}/metrics.json" for d in group],
+        "logits": [f"{d}/logits.npz" for d in group],
+        "caches": caches}
+    assert sweep_metrics(default_cfg, wc) == [
+        *(f"{cls}/tau_norm/t0/tau={t}/metrics.json" for t in ("0.0", "0.5", "1.0", "1.5")),
+        f"{cls}/joint/t0/default/metrics.json"]
+    backbone = SimpleNamespace(dataset="digits", imb="10", kind="backbone", features="ce")
+    fused = SimpleNamespace(dataset="digits", imb="10", kind="fused", features="ffn")
+    assert tsne_inputs(default_cfg, backbone) == [f"{run}/ce/t0/cache.zarr"]
+    assert tsne_inputs(default_cfg, fused) == caches
+    assert tsne_args(default_cfg, backbone) == ["--title", "digits IF10, backbone ce"]
+    assert tsne_args(default_cfg, fused) == ["--ffn-settings", '{"w1":0.5}', "--title",
+                                             "digits IF10, ffn fused features"]
+
+
+def test_fused_tsne_takes_what_the_ffn_job_takes(default_cfg, monkeypatch):
+    from ltpipe.classifiers import ffn
+    from ltpipe.report.cli import fusion_settings
+
+    fused = SimpleNamespace(dataset="digits", imb="10", kind="fused", features="ffn")
+    default_cfg["classifiers"]["ffn"]["settings"] = {"variant": "reference", "epochs": 3}
+    assert tsne_args(default_cfg, fused)[:2] == ["--ffn-settings", '{"variant":"reference"}']
+    calls = []
+    monkeypatch.setattr(plots, "plot_tsne", lambda *args, **kw: calls.append(kw))
+    assert ltpipe_main(["plot", "tsne", "--caches", "k", "c", "--ffn-settings", '{"w1": 0.5}',
+                        "--title", "t", "--out", "x.png"]) == 0
+    assert (calls[0]["title"], calls[0]["w1"], calls[0]["normalize"]) == ("t (w1 0.5)", 0.5, False)
+    monkeypatch.setitem(ffn.SETTINGS, "w1", ffn.SETTINGS["w1"].with_default(0.7))
+    assert fusion_settings({"variant": "reference"}) == (0.7, True)  # FFN's declared default
+
+
 # ---------------------------------------------------------- snakemake --report on a real run
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory) -> Path:
@@ -300,5 +364,7 @@ def test_snakemake_report_builds_from_a_finished_run(small_run):
     html = (small_run / "report.html").read_text(errors="replace")
     assert len(html) > 100_000  # self-contained: the images are embedded
     for text in ("perclass_ce.png", "sweep_tau_norm.png", "comparison.csv",
-                 "Per-class test accuracy", "published_results.yaml"):
+                 "Per-class test accuracy", "published_results.yaml",
+                 "4. Classifier weight norms", "Per-class classifier weight norms",
+                 "5. Confusion matrices", "Test confusion matrices", "ffn (fused)"):
         assert text in html, f"{text!r} missing from the report"

@@ -79,8 +79,8 @@ def _edited(default_run: Path, edit) -> Path:
     return path
 
 
-REPORT_RULES = {"summary", "compare", "all", "plot_perclass", "plot_sweep", "plot_weight_norms",
-                "plot_confusion", "plot_tsne", "plot_tsne_fused"}
+REPORT_RULES = {"summary", "compare", "all", "plot_perclass", "plot_sweep", "plot_wnorm_confusion",
+                "plot_tsne"}
 
 
 def _upstream_untouched(jobs: dict[str, int]) -> None:

@@ -1,16 +1,13 @@
-"""Command-line entry points of the report stage: ``plot <kind>`` and ``compare``.
+"""The report stage's subcommands of ``ltpipe``: ``plot <kind>`` and ``compare``.
 
-Registered into the ``ltpipe`` command by :func:`add_subcommands`; also runnable on its own as
-``python -m ltpipe.report.cli plot perclass --metrics ... --out x.png`` (what the rules call).
+Registered into the ``ltpipe`` command (``ltpipe/cli.py``) by :func:`add_subcommands`; the rules
+call ``python -m ltpipe plot perclass --metrics ... --out x.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-
-from ltpipe.utils import LtpipeError
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -26,9 +23,22 @@ def _plot(args: argparse.Namespace) -> None:
     elif kind == "confusion":
         plots.plot_confusion(args.metrics, args.caches, args.out)
     else:
-        plots.plot_tsne(args.caches, args.out, title=args.title, max_points=args.max_points,
-                        seed=args.seed, w1=args.w1, normalize=args.normalize)
+        w1, normalize, title = None, False, args.title
+        if args.ffn_settings is not None:
+            w1, normalize = fusion_settings(args.ffn_settings)
+            title += f" (w1 {w1})"
+        plots.plot_tsne(args.caches, args.out, title=title, max_points=args.max_points,
+                        seed=args.seed, w1=w1, normalize=normalize)
     print(f"plot {kind}: wrote {args.out}")
+
+
+def fusion_settings(ffn_settings: dict) -> tuple[float, bool]:
+    """w1 and whether features are L2-normalised first, as an FFN job with ``ffn_settings``
+    resolves them (over the method's declared defaults; imports the method, hence torch)."""
+    from ltpipe.classifiers import merge_settings
+
+    settings = merge_settings("ffn", ffn_settings)
+    return float(settings["w1"]), settings["variant"] == "reference"
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -49,7 +59,7 @@ def add_subcommands(subparsers) -> None:
         "sweep": "accuracy (all / many / medium / few) along one classifier entry's sweep",
         "wnorm": "per-class classifier weight norms sorted by class size",
         "confusion": "row-normalised test confusion matrices (C <= 20)",
-        "tsne": "2-D t-SNE of cached test features (one cache, or two fused with --w1)",
+        "tsne": "2-D t-SNE of cached test features (one cache, or two fused as FFN fuses)",
     }
     for kind, text in specs.items():
         k = kinds.add_parser(kind, help=text)
@@ -65,10 +75,9 @@ def add_subcommands(subparsers) -> None:
             k.add_argument("--title", default="")
             k.add_argument("--max-points", type=int, default=1000)
             k.add_argument("--seed", type=int, default=0)
-            k.add_argument("--w1", type=float, default=None,
-                           help="fusion weight of the first cache (FFN: the KPS backbone)")
-            k.add_argument("--normalize", action="store_true",
-                           help="L2-normalise both features before fusing (FFN reference)")
+            k.add_argument("--ffn-settings", type=json.loads, default=None,
+                           help='fuse two caches (KPS first) as an FFN job with these settings '
+                                'does, e.g. {"w1": 0.9, "variant": "reference"} (JSON)')
         k.set_defaults(func=_plot)
 
     c = subparsers.add_parser("compare", help="published numbers beside ours (CSV + Markdown)")
@@ -82,18 +91,3 @@ def add_subcommands(subparsers) -> None:
     c.add_argument("--html", default=None, help="also an HTML page of both tables")
     c.set_defaults(func=_compare)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ltpipe.report.cli", description=__doc__.splitlines()[0])
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except LtpipeError as err:
-        print(f"ltpipe {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -3,12 +3,14 @@
 Plots aggregate over split and training seeds, so they live beside the splits:
 ``{results}/{dataset}/if{imb}/plots/``. A *group* is the backbone set a classifier entry reads,
 joined by ``+`` (``ce``, or ``kps+ce`` for FFN); per-class, confusion and weight-norm plots are
-drawn per group, with the ``joint`` entries on the group's backbones as the baseline.
+drawn per group, with the ``joint`` entries on the group's backbones as the baseline. Functions
+of ``(cfg, wildcards)`` are the rules' input functions (bound to the config with ``partial``).
 """
 
 from __future__ import annotations
 
 from ltpipe.config import (
+    as_json,
     classifier_datasets,
     classifier_seeds,
     splits,
@@ -16,19 +18,13 @@ from ltpipe.config import (
 )
 from ltpipe.paths import Layout
 
-# Number of classes per data source: a confusion matrix is drawn only where C <= CONFUSION_MAX.
-NUM_CLASSES = {"digits": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
-               "imagenet_lt": 1000, "places_lt": 365, "inat2018": 8142}
+#: a confusion matrix is drawn only for data sets of at most this many classes
 CONFUSION_MAX = 20
 
 
 def group_of(cfg: dict, clf: str) -> str:
     """The group tag of a classifier entry: its backbones joined by '+'."""
     return "+".join(cfg["classifiers"][clf]["backbones"])
-
-
-def _results(cfg: dict) -> str:
-    return cfg.get("results", "results")
 
 
 def _split_dirs(cfg: dict, dataset: str, imb: str) -> list[tuple[int, str]]:
@@ -100,6 +96,27 @@ def group_caches(cfg: dict, dataset: str, imb: str, group: str) -> list[str]:
             for b in group.split("+") for s in sorted(seeds)]
 
 
+def group_metrics(cfg: dict, wildcards) -> list[str]:
+    """Input of plot_perclass: metrics.json of the group's entries (``wildcards``: the job's)."""
+    w = wildcards
+    return metrics_of(cfg, w.dataset, w.imb, group_entries(cfg, w.dataset, w.group))
+
+
+def sweep_metrics(cfg: dict, wildcards) -> list[str]:
+    """Input of plot_sweep: metrics.json of the swept entry and its joint baselines."""
+    w = wildcards
+    return metrics_of(cfg, w.dataset, w.imb, sweep_entries(cfg, w.dataset, w.classifier))
+
+
+def group_inputs(cfg: dict, wildcards) -> dict[str, list[str]]:
+    """Input of plot_wnorm_confusion: the group's metrics.json, logits.npz and caches."""
+    w = wildcards
+    entries = group_entries(cfg, w.dataset, w.group)
+    return {"metrics": metrics_of(cfg, w.dataset, w.imb, entries),
+            "logits": logits_of(cfg, w.dataset, w.imb, entries),
+            "caches": group_caches(cfg, w.dataset, w.imb, w.group)}
+
+
 def tsne_backbones(cfg: dict, dataset: str) -> list[str]:
     """Stage-one recipes read by any classifier entry on ``dataset``."""
     out: list[str] = []
@@ -128,27 +145,39 @@ def fused_entries(cfg: dict, dataset: str) -> list[str]:
     return [c for c in _entries(cfg, dataset) if cfg["classifiers"][c]["method"] == "ffn"]
 
 
-def fusion_settings(cfg: dict, clf: str) -> dict:
-    """w1 and whether features are L2-normalised first (FFN's first sweep point)."""
-    settings = sweep_points(cfg["classifiers"][clf].get("settings", {}))[0][1]
-    return {"w1": float(settings.get("w1", 0.9)),
-            "normalize": settings.get("variant", "paper") == "reference"}
+def tsne_inputs(cfg: dict, wildcards) -> list[str]:
+    """Input of plot_tsne: the cache of one backbone, or those of an FFN entry's (``fused``)."""
+    w = wildcards
+    backbones = cfg["classifiers"][w.features]["backbones"] if w.kind == "fused" else [w.features]
+    return tsne_caches(cfg, w.dataset, w.imb, backbones)
+
+
+def tsne_args(cfg: dict, wildcards) -> list[str]:
+    """plot_tsne's title and, for fused features, the FFN entry's first-point w1 and variant (the
+    plot resolves them over FFN's declared defaults as the job does; torch stays out of here)."""
+    w = wildcards
+    if w.kind == "backbone":
+        return ["--title", f"{w.dataset} IF{w.imb}, backbone {w.features}"]
+    point = sweep_points(cfg["classifiers"][w.features].get("settings", {}))[0][1]
+    return ["--ffn-settings", as_json({k: v for k, v in point.items() if k in ("w1", "variant")}),
+            "--title", f"{w.dataset} IF{w.imb}, {w.features} fused features"]
 
 
 def plot_targets(cfg: dict) -> list[str]:
     """Every plot and table the report rules make for this config."""
-    res = _results(cfg)
-    out = [f"{res}/comparison.csv", f"{res}/comparison.md", f"{res}/tables.html"]
+    from ltpipe.data.sources import num_classes_of
+
+    layout = Layout(cfg)
+    out = [layout.path(name) for name in ("comparison_csv", "comparison_md", "tables_html")]
     seen = set()
     for key in splits(cfg):
         if (key.dataset, key.imb) in seen:
             continue
         seen.add((key.dataset, key.imb))
-        base = f"{res}/{key.dataset}/if{key.imb}/plots"
-        source = cfg["datasets"][key.dataset]["source"]
+        base = layout.path("plots", dataset=key.dataset, imb=key.imb)
         for g in groups(cfg, key.dataset):
             out += [f"{base}/perclass_{g}.png", f"{base}/wnorm_{g}.png"]
-            if NUM_CLASSES.get(source, CONFUSION_MAX + 1) <= CONFUSION_MAX:
+            if num_classes_of(cfg["datasets"][key.dataset]) <= CONFUSION_MAX:
                 out.append(f"{base}/confusion_{g}.png")
         out += [f"{base}/sweep_{c}.png" for c in swept_entries(cfg, key.dataset)]
         out += [f"{base}/tsne_backbone_{b}.png" for b in tsne_backbones(cfg, key.dataset)]
