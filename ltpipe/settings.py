@@ -80,15 +80,18 @@ def defaults(spec: dict[str, Setting]) -> dict[str, Any]:
     return {key: s.default for key, s in spec.items()}
 
 
+#: recipe keys that were renamed: old name -> new name (a checkpoint written under the old name
+#: still resumes, ltpipe.train.checkpoint)
+RENAMED_KEYS = {"backbone": "architecture", "backbone_kwargs": "architecture_kwargs"}
 #: config keys that were renamed or removed -> what to write instead (read by the config checks
 #: and by :func:`resolve_settings`, so an old config or recipe gets the fix, not "unknown key")
 RETIRED_KEYS = {
-    "backbone": "renamed 'architecture' in a recipe (backbones.<name>.architecture: resnet32); "
-                "'backbone' names only the recipes",
-    "backbone_kwargs": "renamed 'architecture_kwargs'",
+    **{old: f"renamed {new!r}" for old, new in RENAMED_KEYS.items()},
     "augmented_views": "removed (no classifier-stage method read the cached augmented views); "
                        "delete the key",
 }
+RETIRED_KEYS["backbone"] += (" (backbones.<name>.architecture: resnet32); 'backbone' names only "
+                             "the recipes")
 
 
 def retired(keys: Any) -> list[str]:

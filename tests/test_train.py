@@ -364,3 +364,14 @@ def test_file_list_batches(tmp_path):
     assert len(resumed) == 1 and torch.equal(resumed[0][1], got[1][1])  # same order
     ids = torch.cat([b[2] for b in eval_batches(data, norm, 2, "cpu")])
     assert ids.tolist() == [0, 3, 6, 9, 12]
+
+
+def test_resume_key_reads_a_checkpoint_recipe_written_before_the_rename():
+    """A checkpoint whose recipe says ``backbone``/``backbone_kwargs`` (before they were renamed
+    ``architecture``/``architecture_kwargs``) resumes a run of the same recipe."""
+    from ltpipe.train.checkpoint import resume_key
+
+    new = {"architecture": "resnet8", "architecture_kwargs": {"widths": [8, 8, 16]}, "epochs": 2}
+    old = {"backbone": "resnet8", "backbone_kwargs": {"widths": [8, 8, 16]}, "epochs": 2}
+    assert resume_key(old) == resume_key(new)
+    assert resume_key({**old, "backbone": "resnet32"}) != resume_key(new)

@@ -84,8 +84,10 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 def resume_key(recipe: dict[str, Any]) -> dict[str, Any]:
     """The recipe entries a checkpoint must agree on to be resumed (a key that a checkpoint
-    written before it existed lacks counts as its default)."""
-    full = {**RECIPE_DEFAULTS, **recipe}
+    written before it existed lacks counts as its default; a renamed key counts as its new name)."""
+    from ltpipe.settings import RENAMED_KEYS
+
+    full = {**RECIPE_DEFAULTS, **{RENAMED_KEYS.get(k, k): v for k, v in recipe.items()}}
     return {k: v for k, v in full.items() if k not in RESUME_NEUTRAL_KEYS}
 
 
