@@ -106,6 +106,26 @@ def test_register_model_warns_on_reregistration():
 # ---------------------------------------------------------------- contract
 
 
+@pytest.mark.parametrize("name", model_names())
+def test_every_registered_model_keeps_the_contract_on_meta(name):
+    """Parametrized over the registry itself: a newly registered model is checked with no list
+    to update. The meta device gives shapes without arithmetic."""
+    with torch.device("meta"):
+        model = build_model(name, 5).eval()
+        out = model.forward_all(torch.empty(2, 3, 64, 64))
+    d = model.feature_dim
+    assert out["fmap"].ndim == 4 and out["fmap"].shape[:2] == (2, d)
+    assert out["pooled"].shape == (2, d) and out["logits"].shape == (2, 5)
+    assert model.head.weight.shape == (5, d) and model.spec["name"] == name
+
+
+def test_the_known_value_tables_cover_the_registry():
+    """FEATURE_DIM / the CIFAR and torchvision lists carry known values per model: a model
+    registered without them fails here, naming it."""
+    known = set(FEATURE_DIM) | {"resnet18_cifar", "resnet34_cifar"}  # + the CIFAR-stem table below
+    assert set(model_names()) <= known, sorted(set(model_names()) - known)
+
+
 @pytest.mark.parametrize("name", CIFAR + ["resnet10", "resnet50"])
 def test_contract_shapes_and_identities(name):
     model = cached(name)
