@@ -149,8 +149,10 @@ def test_confusion_known_answer(toy):
     want = np.eye(C) * 500 / 6 + np.roll(np.eye(C), 1, axis=1) * 100 / 6
     np.testing.assert_allclose(cm, want)
     assert pdata.parse_cache_path("r/toy/if8/s3/ce_mix/t7/cache.zarr") == (3, "ce_mix", 7)
-    with pytest.raises(LtpipeError, match="not a cache path"):
-        pdata.parse_cache_path("r/cache.zarr")
+    assert pdata.parse_cache_path("toy/if8/s3/ce/t0/cache.h5/") == (3, "ce", 0)
+    for bad in ("r/cache.zarr", "r/toy/if8/sX/ce/t0/cache.zarr", "r/toy/if8/s3/ce/t0/c.zarr"):
+        with pytest.raises(LtpipeError, match="not a cache path"):
+            pdata.parse_cache_path(bad)
 
 
 # -------------------------------------------------------------------------------- the PNGs

@@ -6,7 +6,6 @@ without drawing anything (the drawing lives in :mod:`ltpipe.report.plots`).
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,6 @@ import numpy as np
 from ltpipe.utils import LtpipeError, read_json
 
 SHOT_NAMES = ("many", "medium", "few")
-_CACHE_PATH = re.compile(r"s(\d+)/([^/]+)/t(\d+)/cache\.(zarr|h5)/?$")
 
 
 @dataclass
@@ -128,11 +126,13 @@ def sweep_curves(runs: list[Run]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def parse_cache_path(path: str | Path) -> tuple[int, str, int]:
     """(split seed, backbone, training seed) from ``.../s{split}/{backbone}/t{seed}/cache.*``."""
-    m = _CACHE_PATH.search(str(path))
-    if not m:
+    from ltpipe.paths import parse
+
+    fields = parse("cache", str(path).rstrip("/"))
+    if not fields or not (fields["split_seed"].isdigit() and fields["seed"].isdigit()):
         raise LtpipeError(f"{path} is not a cache path of the form "
-                          ".../s{split_seed}/{backbone}/t{seed}/cache.zarr|cache.h5")
-    return int(m.group(1)), m.group(2), int(m.group(3))
+                          ".../{dataset}/if{imb}/s{split_seed}/{backbone}/t{seed}/cache.zarr|h5")
+    return int(fields["split_seed"]), fields["backbone"], int(fields["seed"])
 
 
 def read_cache(path: str | Path, group: str, name: str, rows=None) -> np.ndarray:
