@@ -56,6 +56,12 @@ onstart:
 _PYTHON_BIN = os.path.dirname(sys.executable)
 if os.environ.get("PATH", "").split(os.pathsep)[0] != _PYTHON_BIN:
     os.environ.update(PATH=os.pathsep.join(filter(None, [_PYTHON_BIN, os.environ.get("PATH")])))
+# ... and import this checkout's ltpipe, as this Snakefile does, not whichever one that Python
+# has installed (an editable install of another checkout would otherwise run the jobs).
+if os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] != workflow.basedir:
+    os.environ.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
+    )
 
 PATHS = Layout(config)  # every artifact's path pattern (ltpipe/paths.py)
 JOBS = sweep_table(config)  # {(classifier, point): job}, every sweep expanded once

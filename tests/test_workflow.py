@@ -284,3 +284,19 @@ def test_val_per_class_end_to_end(tmp_path):
     (tmp_path / "v6.yaml").write_text(yaml.safe_dump(edited))
     planned = planned_jobs(snakemake(tmp_path, "-n", target, config=tmp_path / "v6.yaml"))
     assert planned == {"split": 1, "train": 1, "dump": 1, "classify": 3, "summary": 1}
+
+
+def test_jobs_import_this_checkouts_ltpipe(tmp_path):
+    """A job runs the ltpipe of the Snakefile's checkout even where the Python would import
+    another one first (here a broken package on PYTHONPATH, as another checkout's would be)."""
+    other = tmp_path / "other"
+    (other / "ltpipe").mkdir(parents=True)
+    (other / "ltpipe" / "__init__.py").write_text("raise ImportError('the wrong ltpipe')\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    cmd = [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(work), "--configfile",
+           str(ROOT / "config.yaml"), "--cores", "1", "results/digits/if10/s0/split.npz"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(other)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (work / "results" / "digits" / "if10" / "s0" / "split.npz").is_file()
