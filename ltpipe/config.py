@@ -133,13 +133,18 @@ def classifier_datasets(cfg: dict, clf: str) -> list[str]:
     return [d for d in cfg["datasets"] if d in common]
 
 
-def classifier_seeds(cfg: dict, clf: str) -> list[int]:
-    """Training seeds shared by every backbone a classifier reads (one job each)."""
+def shared_seeds(cfg: dict, backbones: list[str]) -> list[int]:
+    """Training seeds that every one of ``backbones`` (recipe names) is trained with."""
     seeds = None
-    for b in cfg["classifiers"][clf]["backbones"]:
+    for b in backbones:
         s = cfg["backbones"][b].get("seeds", [0])
         seeds = list(s) if seeds is None else [x for x in seeds if x in s]
     return seeds or []
+
+
+def classifier_seeds(cfg: dict, clf: str) -> list[int]:
+    """Training seeds shared by every backbone a classifier reads (one job each)."""
+    return shared_seeds(cfg, cfg["classifiers"][clf]["backbones"])
 
 
 def sweep_table(cfg: dict) -> dict[tuple[str, str], dict]:

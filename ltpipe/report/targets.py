@@ -13,6 +13,7 @@ from ltpipe.config import (
     as_json,
     classifier_datasets,
     classifier_seeds,
+    shared_seeds,
     splits,
     sweep_points,
 )
@@ -27,7 +28,8 @@ def group_of(cfg: dict, clf: str) -> str:
     return "+".join(cfg["classifiers"][clf]["backbones"])
 
 
-def _split_dirs(cfg: dict, dataset: str, imb: str) -> list[tuple[int, str]]:
+def _split_dirs(cfg: dict, dataset: str, imb: str) -> list[tuple[int, dict]]:
+    """(split seed, the split's path fields) of every split of ``dataset`` at ``imb``."""
     return [(k.split_seed, k.fields) for k in splits(cfg) if k.dataset == dataset and k.imb == imb]
 
 
@@ -127,13 +129,10 @@ def tsne_backbones(cfg: dict, dataset: str) -> list[str]:
     return out
 
 
-def first_run(cfg: dict, dataset: str, imb: str, backbones: list[str]) -> tuple[str, int]:
-    """(split dir, training seed) of the first split seed and the first seed all backbones share."""
-    seeds = None
-    for b in backbones:
-        s = cfg["backbones"][b].get("seeds", [0])
-        seeds = list(s) if seeds is None else [x for x in seeds if x in s]
-    return _split_dirs(cfg, dataset, imb)[0][1], (seeds or [0])[0]
+def first_run(cfg: dict, dataset: str, imb: str, backbones: list[str]) -> tuple[dict, int]:
+    """(split path fields, training seed) of the first split seed and the first seed all
+    backbones share."""
+    return _split_dirs(cfg, dataset, imb)[0][1], (shared_seeds(cfg, backbones) or [0])[0]
 
 
 def tsne_caches(cfg: dict, dataset: str, imb: str, backbones: list[str]) -> list[str]:
