@@ -40,6 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ltpipe.cache import CacheWriter, open_cache  # noqa: E402
 from ltpipe.cache.format import checksum_function, default_checksum  # noqa: E402
+from ltpipe.paths import CACHE_EXT  # noqa: E402
 
 BATCH = 256
 #: (label, backend, compression, level); "numpy" is the baseline, "numpy+crc" adds the per-chunk
@@ -168,7 +169,7 @@ def speed_table(rows: int, repeat: int, workdir: Path, formats: list[tuple]) -> 
           f" = {mb:.0f} MB; median of {repeat} interleaved rounds; checksum "
           f"{default_checksum()}")
     targets = {f[0]: (workdir / f[0].replace(" ", "_").replace("+", "_")).with_suffix(
-        {"zarr": ".zarr", "hdf5": ".h5"}.get(f[1], "")) for f in formats}
+        f".{CACHE_EXT[f[1]]}" if f[1] in CACHE_EXT else "") for f in formats}
     times: dict[str, dict[str, list[float]]] = {f[0]: {"write": [], "read": []} for f in formats}
     cpu: dict[str, dict[str, list[float]]] = {f[0]: {"write": [], "read": []} for f in formats}
     sizes: dict[str, int] = {}

@@ -18,10 +18,14 @@ import os
 import tarfile
 from pathlib import Path, PurePosixPath
 
+from ltpipe.paths import CACHE_EXT, TEMPLATES
 from ltpipe.utils import LtpipeError, atomic_path, sha256_file, write_json
 
-STAGE_ONE_FILES = ("split.npz", "split.json", "model.pt", "cache.h5")
-STAGE_ONE_DIRS = ("cache.zarr",)
+_SPLIT, _MODEL, _CACHE = (PurePosixPath(TEMPLATES[k]).name for k in ("split", "model", "cache"))
+#: the stage-one artifacts (ltpipe.paths), split.json beside the split; zarr caches are folders
+STAGE_ONE_FILES = (_SPLIT, PurePosixPath(_SPLIT).with_suffix(".json").name, _MODEL,
+                   _CACHE.format(ext=CACHE_EXT["hdf5"]))
+STAGE_ONE_DIRS = (_CACHE.format(ext=CACHE_EXT["zarr"]),)
 INDEX = "BUNDLE.json"
 
 
