@@ -43,12 +43,16 @@ from ltpipe.cache.format import checksum_function, default_checksum  # noqa: E40
 from ltpipe.paths import CACHE_EXT  # noqa: E402
 
 BATCH = 256
-#: (label, backend, compression, level); "numpy" is the baseline, "numpy+crc" adds the per-chunk
-#: checksums that the cache computes, one after the other, to the write and to the read
-FORMATS = [("numpy", None, None, 0), ("numpy+crc", None, "checksum", 0),
-           ("zarr", "zarr", "none", 0), ("hdf5", "hdf5", "none", 0),
-           ("zarr lz4", "zarr", "lz4", 1), ("zarr zstd1", "zarr", "zstd", 1),
-           ("hdf5 lzf", "hdf5", "lzf", 0)]
+#: (label, backend, compression, level, rows declared); "numpy" is the baseline, "numpy+crc"
+#: adds the per-chunk checksums that the cache computes, one after the other, to the write and to
+#: the read. The caches declare their row counts up front as the dump does (uncompressed arrays:
+#: one extent, read by mapping it), except "zarr 8/shard" and "hdf5 chunked": the layout of
+#: writers that do not declare them, and of every cache written before that existed
+FORMATS = [("numpy", None, None, 0, False), ("numpy+crc", None, "checksum", 0, False),
+           ("zarr", "zarr", "none", 0, True), ("hdf5", "hdf5", "none", 0, True),
+           ("zarr 8/shard", "zarr", "none", 0, False), ("hdf5 chunked", "hdf5", "none", 0, False),
+           ("zarr lz4", "zarr", "lz4", 1, True), ("zarr zstd1", "zarr", "zstd", 1, True),
+           ("hdf5 lzf", "hdf5", "lzf", 0, True)]
 
 
 def make_arrays(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -61,18 +65,19 @@ def make_arrays(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def stream_write(path: Path, backend: str, compression: str, level: int,
-                 batches: object) -> None:
-    """Stream batches (dicts name -> rows) into a cache, as the dump does."""
+                 batches: object, rows: int | None = None) -> None:
+    """Stream batches (dicts name -> rows) into a cache, as the dump does (which declares the
+    ``rows`` every array will have; None: not declared)."""
     with CacheWriter(path, backend=backend, compression=compression, level=level,
                      overwrite=True) as writer:
         created = False
         for batch in batches:
             if not created:
-                for name, rows in batch.items():
-                    writer.create("train", name, rows.shape[1:], rows.dtype)
+                for name, part in batch.items():
+                    writer.create("train", name, part.shape[1:], part.dtype, expected_rows=rows)
                 created = True
-            for name, rows in batch.items():
-                writer.append("train", name, rows)
+            for name, part in batch.items():
+                writer.append("train", name, part)
         writer.commit({"benchmark": True})
 
 
@@ -83,7 +88,7 @@ def _batches(arrays: dict[str, np.ndarray]):
 
 
 def _write(fmt: tuple, arrays: dict, target: Path) -> None:
-    label, backend, compression, level = fmt
+    label, backend, compression, level, declared = fmt
     if backend is None:
         target.mkdir(parents=True, exist_ok=True)
         for name, a in arrays.items():
@@ -92,7 +97,8 @@ def _write(fmt: tuple, arrays: dict, target: Path) -> None:
                 fn, step = checksum_function(default_checksum()), max(1, 2**20 // a[:1].nbytes)
                 [fn(a[lo:lo + step]) for lo in range(0, len(a), step)]
     else:
-        stream_write(target, backend, compression, level, _batches(arrays))
+        rows = len(next(iter(arrays.values()))) if declared else None
+        stream_write(target, backend, compression, level, _batches(arrays), rows)
 
 
 def _read(fmt: tuple, names: list[str], target: Path) -> None:
@@ -220,7 +226,7 @@ def _child(backend: str, rows: int, path: str) -> None:
     next(iter(gen()))  # warm up imports and the generator's own allocations
     rss0 = _reset_peak_rss()
     tracemalloc.start()
-    stream_write(Path(path), backend, "none", 0, gen())
+    stream_write(Path(path), backend, "none", 0, gen(), rows)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     rss1 = _peak_rss_kb()

@@ -43,11 +43,15 @@ def _data():
             "labels": rng.integers(0, 10, 200).astype(np.int64)}
 
 
-def _write(path, backend, compression="none", manifest=None, **kw):
-    data = _data()
+def _write(path, backend, compression="none", manifest=None, declared=False, data=None, **kw):
+    """The arrays of :func:`_data` in uneven appends; ``declared``: with their row counts
+    declared up front, as the dump declares them (one extent each where uncompressed), else
+    undeclared (zarr: 8 chunks per shard; HDF5: growable chunked datasets)."""
+    data = data or _data()
     with CacheWriter(path, backend=backend, compression=compression, chunk_mb=TINY, **kw) as w:
         for name, a in data.items():
-            w.create("train", name, a.shape[1:], a.dtype, expected_rows=None)
+            w.create("train", name, a.shape[1:], a.dtype,
+                     expected_rows=len(a) if declared else None)
         lo = 0
         for n in SIZES:
             for name, a in data.items():
@@ -439,3 +443,166 @@ def test_preallocate_is_best_effort(tmp_path):
     preallocate(fd, 0, 4096)  # closed: refused quietly
     assert size in (3, 8192) and (size == 8192 or not sys.platform.startswith("linux"))
     assert file.read_bytes() == b"abc" + bytes(size - 3)
+
+
+# ------------------------------------------------ arrays of declared size: one extent, mapped
+def _mapped_base(array: np.ndarray) -> bool:
+    """Whether ``array`` is (a view of) a memory map rather than memory of its own."""
+    import mmap
+
+    while isinstance(array, np.ndarray):
+        array = array.base
+    return isinstance(array.obj if isinstance(array, memoryview) else array, mmap.mmap)
+
+
+def _no_maps(monkeypatch, backend):
+    """Make the backend refuse every map, as a file system without mmap would."""
+    from ltpipe.cache.format import backend_module
+
+    monkeypatch.setattr(backend_module(backend).Reader, "mapped", lambda self, key: None)
+
+
+@pytest.mark.parametrize("backend,compression", CODECS)
+def test_declared_arrays_are_one_extent_and_mapped(tmp_path, backend, compression):
+    """With row counts declared (the dump's way), uncompressed arrays are stored in one extent
+    (zarr: one shard; HDF5: a contiguous dataset) and every read maps them; compressed ones are
+    read as before. Values, zarr's and h5py's own reads and verify agree either way."""
+    path = _path(tmp_path, backend)
+    data, _ = _write(path, backend, compression, declared=True)
+    raw = compression == "none"
+    if backend == "zarr":
+        import zarr
+
+        assert sorted(p.name for p in (path / "train" / "x").iterdir()) == ["c.0.0.0",
+                                                                           "zarr.json"]
+        group = zarr.open_group(str(path), mode="r")
+        for name, a in data.items():
+            np.testing.assert_array_equal(group[f"train/{name}"][:], a)
+    else:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            assert (f["train/x"].chunks is None) == raw
+            for name, a in data.items():
+                np.testing.assert_array_equal(f[f"train/{name}"][()], a)
+    rows = [None, slice(12, 150), slice(3, 190, 7), np.array([199, 0, 154, 0])]
+    with open_cache(path) as r:
+        for name, a in data.items():
+            for sel in rows:
+                got = r.read("train", name, sel)
+                np.testing.assert_array_equal(got, a if sel is None else a[sel])
+                assert got.dtype == a.dtype
+            assert _mapped_base(r.read("train", name)) == raw
+            assert _mapped_base(r.read("train", name, slice(5, 9))) == raw
+            assert not _mapped_base(r.read("train", name, np.array([4, 2])))  # a gather copies
+        assert not _mapped_base(r.read("meta", "scale"))
+    assert verify_cache(path) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mapped_reads_are_private(tmp_path, backend):
+    """A mapped array is copy-on-write: writing to it changes neither the file nor any other
+    read, from the same reader or another."""
+    path = _path(tmp_path, backend)
+    data, _ = _write(path, backend, declared=True)
+    with open_cache(path) as r:
+        whole = r.read("train", "x")
+        assert _mapped_base(whole) and whole.flags.writeable
+        whole[:] = 0
+        part = r.read("train", "x", slice(10, 40))
+        np.testing.assert_array_equal(part, data["x"][10:40])
+        part *= -1
+        np.testing.assert_array_equal(r.read("train", "x"), data["x"])
+        np.testing.assert_array_equal(r.read("train", "x", slice(10, 40)), data["x"][10:40])
+        assert (whole == 0).all()
+    assert verify_cache(path) == []
+    with open_cache(path) as r:
+        np.testing.assert_array_equal(r.read("train", "x"), data["x"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mapped_read_outlives_the_cache_it_came_from(tmp_path, backend):
+    """An array read from a cache keeps its values when the cache is then replaced (a rerun of
+    the dump renames a new cache into place) or removed."""
+    import shutil
+
+    path = _path(tmp_path, backend)
+    data, _ = _write(path, backend, declared=True)
+    with open_cache(path) as r:
+        old = r.read("train", "x")
+        old_rows = r.read("train", "x", slice(0, 30))
+    assert _mapped_base(old)
+    doubled = {name: a * 2 for name, a in _data().items()}
+    _write(path, backend, declared=True, data=doubled, overwrite=True)
+    with open_cache(path) as r:
+        np.testing.assert_array_equal(r.read("train", "x"), doubled["x"])
+    shutil.rmtree(path) if backend == "zarr" else path.unlink()
+    np.testing.assert_array_equal(old, data["x"])
+    np.testing.assert_array_equal(old_rows, data["x"][:30])
+
+
+@pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "read"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_declared_layout_refuses_a_corrupted_chunk(tmp_path, monkeypatch, backend, mapped):
+    """Chunk 13 (rows 143:154) of train/x flipped in the file of a one-extent array: whole
+    reads, row reads that touch it and verify name it; the other rows read. Mapped, and read
+    where nothing can be mapped."""
+    path = _path(tmp_path, backend)
+    data, _ = _write(path, backend, declared=True)
+    chunk_bytes = 11 * 3 * 4 * 4
+    if backend == "zarr":
+        _flip_bytes(path / "train" / "x" / "c.0.0.0", 13 * chunk_bytes + 40)
+    else:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            offset = f["train/x"].id.get_offset()
+        _flip_bytes(path, offset + 13 * chunk_bytes + 40)
+    if not mapped:
+        _no_maps(monkeypatch, backend)
+    problems = verify_cache(path)
+    assert len(problems) == 1 and problems[0].startswith(
+        "train/x: chunk 13 (rows 143:154) fail their xxh3-64-per-chunk checksum"), problems
+    with open_cache(path) as r:
+        assert _mapped_base(r.read("train", "h")) == mapped
+        with pytest.raises(CacheError, match=r"train/x .*chunk 13 \(rows 143:154\)"):
+            r.read("train", "x")
+        np.testing.assert_array_equal(r.read("train", "x", rows=slice(0, 143)), data["x"][:143])
+        np.testing.assert_array_equal(r.read("train", "x", rows=np.array([199, 0, 154])),
+                                      data["x"][[199, 0, 154]])
+        for rows in (slice(150, 151), np.array([3, 145]), slice(140, 160)):
+            with pytest.raises(CacheError, match=r"train/x .*chunk 13 \(rows 143:154\)"):
+                r.read("train", "x", rows=rows)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mapped_row_reads_check_each_chunk_once(tmp_path, backend):
+    """Row reads of a mapped array checksum each chunk they touch the first time only (11 rows
+    per chunk: rows 12:13 check chunk 1, rows 20:23 then chunk 2 alone), and a whole read
+    leaves nothing to check."""
+    path = _path(tmp_path, backend)
+    data, _ = _write(path, backend, declared=True)
+    with open_cache(path) as r:
+        checked, check = [], r._check
+        r._check = lambda key, block, first: (checked.append((first, len(block))),
+                                              check(key, block, first))
+        for rows in (slice(12, 13), slice(12, 14), slice(20, 23), np.array([13, 45, 46])):
+            np.testing.assert_array_equal(r.read("train", "x", rows=rows), data["x"][rows])
+        assert checked == [(1, 11), (2, 11), (4, 11)]
+        r.read("train", "h")
+        r.read("train", "h", slice(0, 200))
+        assert checked == [(1, 11), (2, 11), (4, 11)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_appending_past_the_declared_rows_is_refused(tmp_path, backend):
+    """More rows than declared are refused when appended (a one-extent array has no room for
+    them), naming the array and the counts; nothing is left behind."""
+    path = _path(tmp_path, backend)
+    with pytest.raises(LtpipeError, match=r"train/x: appending 3 rows to the 8 already written "
+                                          r"would exceed expected_rows=10"):
+        with CacheWriter(path, backend=backend, chunk_mb=TINY) as w:
+            w.create("train", "x", (3,), np.float32, expected_rows=10)
+            w.append("train", "x", np.ones((8, 3), np.float32))
+            w.append("train", "x", np.ones((3, 3), np.float32))
+    assert list(tmp_path.iterdir()) == []

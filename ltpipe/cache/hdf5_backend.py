@@ -1,11 +1,14 @@
-"""HDF5 backend of the feature cache (h5py): one file, datasets chunked along axis 0.
+"""HDF5 backend of the feature cache (h5py): one file, one dataset per array.
 
-Streamed datasets grow along axis 0 (``maxshape=(None, ...)``) chunk by chunk. Uncompressed
-chunks are written with ``write_direct_chunk`` (no chunk cache, no type conversion) and read back
-by their file offsets (``chunk_iter``), with one ``preadv`` per run of adjacent chunks straight
-into the output array; anything else goes through h5py's ordinary (slower) paths. The manifest is
-a JSON string attribute on the root group, and a second root attribute (``ltpipe_complete``)
-marks the file complete; both are written last.
+An uncompressed array whose row count is declared up front (the dump declares every one) is a
+contiguous dataset: HDF5 allocates its space when it is created, page-aligned, and its rows are
+written into that space by offset (no chunk index, no HDF5 call per block) and read by mapping
+it (:func:`ltpipe.cache.rawio.map_rows`). Any other streamed dataset grows along axis 0
+(``maxshape=(None, ...)``) chunk by chunk: uncompressed chunks are written with
+``write_direct_chunk`` and read back by their file offsets (``chunk_iter``), with one ``preadv``
+per run of adjacent chunks straight into the output array; compressed ones go through h5py's
+ordinary (slower) paths. The manifest is a JSON string attribute on the root group, and a second
+root attribute (``ltpipe_complete``) marks the file complete; both are written last.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from ltpipe.cache.rawio import pread_into
+from ltpipe.cache.rawio import map_rows, pread_into, preallocate
 from ltpipe.utils import LtpipeError
 
 #: compression name -> h5py ``compression`` argument (gzip takes the level, lzf none)
 COMPRESSIONS: dict[str, str | None] = {"none": None, "gzip": "gzip", "lzf": "lzf"}
 CHUNKS_PER_BLOCK = 8
+#: objects of at least this many bytes start on a page boundary (so their rows can be mapped)
+ALIGN_FROM, PAGE = 1 << 16, 4096
 MANIFEST_ATTR = "ltpipe_manifest"
 COMPLETE_ATTR = "ltpipe_complete"
 
@@ -35,8 +40,11 @@ class Writer:
 
         self.path = Path(path)
         self.compression, self.level = compression, level
-        self._file = h5py.File(self.path, "w", libver="latest")
+        self._file = h5py.File(self.path, "w", libver="latest", alignment_threshold=ALIGN_FROM,
+                               alignment_interval=PAGE)
         self._ds: dict[str, Any] = {}
+        self._raw: dict[str, tuple[int, int, int]] = {}  # contiguous: offset, rows, row bytes
+        self._fd: int | None = None  # where contiguous datasets' rows are written
 
     def _opts(self) -> dict[str, Any]:
         comp = COMPRESSIONS[self.compression]
@@ -44,14 +52,29 @@ class Writer:
             return {}
         return {"compression": comp, "compression_opts": self.level if comp == "gzip" else None}
 
-    def create(self, key: str, tail: tuple[int, ...], dtype: np.dtype, chunk_rows: int) -> None:
-        """Create an empty growable dataset of ``chunk_rows``-row chunks."""
+    def create(self, key: str, tail: tuple[int, ...], dtype: np.dtype, chunk_rows: int,
+               expected_rows: int | None = None) -> None:
+        """Create an empty dataset: contiguous and allocated for ``expected_rows`` rows where
+        they are declared and nothing is compressed, else growable in ``chunk_rows``-row chunks."""
+        if expected_rows and COMPRESSIONS[self.compression] is None:
+            import h5py
+
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # one extent, at a known offset
+            self._ds[key] = ds = self._file.create_dataset(
+                key, shape=(expected_rows, *tail), dtype=dtype, dcpl=dcpl, fill_time="never")
+            row_bytes = dtype.itemsize * int(np.prod(tail))
+            self._raw[key] = (int(ds.id.get_offset()), chunk_rows, row_bytes)
+            return
         self._ds[key] = self._file.create_dataset(
             key, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
             chunks=(chunk_rows, *tail), **self._opts())
 
     def write_chunks(self, key: str, first: int, block: np.ndarray) -> None:
         """Write chunks ``first, first+1, ...``: whole chunks, or the dataset's last partial one."""
+        if key in self._raw:
+            self._write_raw(key, first, block)
+            return
         ds = self._ds[key]
         chunk_rows = ds.chunks[0]
         start = first * chunk_rows
@@ -68,6 +91,20 @@ class Writer:
                 chunk = padded
             ds.id.write_direct_chunk((start + lo, *zeros), np.ascontiguousarray(chunk))
 
+    def _write_raw(self, key: str, first: int, block: np.ndarray) -> None:
+        """Write rows into a contiguous dataset's space: one ``pwrite`` into a preallocated
+        range, as ``numpy.save`` writes (HDF5 never caches these rows, so nothing overlaps)."""
+        offset, chunk_rows, row_bytes = self._raw[key]
+        if self._fd is None:
+            self._file.flush()
+            self._fd = os.open(self.path, os.O_WRONLY)
+        data = memoryview(np.ascontiguousarray(block)).cast("B")
+        at = offset + first * chunk_rows * row_bytes
+        preallocate(self._fd, at, len(data))
+        done = 0
+        while done < len(data):
+            done += os.pwrite(self._fd, data[done:], at + done)
+
     def write_small(self, key: str, array: np.ndarray) -> None:
         """Write a 0-d array (contiguous, uncompressed)."""
         self._file.create_dataset(key, data=array)
@@ -78,7 +115,7 @@ class Writer:
 
     def finish(self, key: str, rows: int) -> None:
         ds = self._file[key]
-        if ds.ndim and ds.shape[0] != rows:
+        if key not in self._raw and ds.ndim and ds.shape[0] != rows:
             ds.resize(rows, axis=0)
 
     def finalize(self, manifest_json: str) -> None:
@@ -90,6 +127,9 @@ class Writer:
 
     def close(self) -> None:
         self._ds.clear()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self._file.id.valid:
             self._file.close()
 
@@ -117,11 +157,49 @@ class Reader:
         self._fd: int | None = None
         self._lock = threading.Lock()
         self._tables: dict[str, np.ndarray | None] = {}
+        self._extents: dict[str, int | None] = {}
 
     def block_rows(self, key: str) -> int:
-        """Rows per read block: ``CHUNKS_PER_BLOCK`` chunks."""
+        """Rows per read block: ``CHUNKS_PER_BLOCK`` chunks (of a contiguous dataset: 8 MiB)."""
         ds = self._file[key]
-        return max(1, (ds.chunks or ds.shape or (1,))[0]) * CHUNKS_PER_BLOCK
+        if ds.chunks is None:
+            return max(1, (8 << 20) // max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:]))))
+        return max(1, ds.chunks[0]) * CHUNKS_PER_BLOCK
+
+    def mapped(self, key: str) -> np.ndarray | None:
+        """A fresh copy-on-write map of the whole dataset, where its rows lie in order in one
+        extent (a contiguous dataset, or chunks back to back); else None."""
+        if self._extents.get(key, 0) is None:
+            return None
+        ds = self._file[key]
+        offset = self._extent(key, ds) if ds.ndim and ds.shape[0] else None
+        return None if offset is None else map_rows(self._raw_fd(), offset, ds.shape, ds.dtype)
+
+    def _extent(self, key: str, ds: Any) -> int | None:
+        """File offset of the dataset's rows if they lie in order in one extent, else None."""
+        if key not in self._extents:
+            self._extents[key] = self._find_extent(key, ds)
+        return self._extents[key]
+
+    def _find_extent(self, key: str, ds: Any) -> int | None:
+        if ds.dtype.kind not in "iuf" or ds.id.get_create_plist().get_nfilters():
+            return None
+        if ds.chunks is None:
+            offset = ds.id.get_offset()
+            return None if offset is None else int(offset)
+        table = self._chunk_table(key, ds)
+        chunk_bytes = int(np.prod(ds.chunks)) * ds.dtype.itemsize
+        if table is None or (table < 0).any() or (np.diff(table) != chunk_bytes).any():
+            return None
+        return int(table[0])
+
+    def _raw_fd(self) -> int:
+        """The descriptor raw reads use (opened once; whole-array reads use it from two
+        threads)."""
+        with self._lock:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
+        return self._fd
 
     def read_into(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
         """Fill ``out`` (C-contiguous) with rows ``start:stop`` (a 0-d ``out``: the value);
@@ -131,6 +209,13 @@ class Reader:
             out[...] = ds[()]
             return
         if stop <= start:
+            return
+        if ds.chunks is None:
+            offset = self._extent(key, ds)
+            if offset is None:
+                ds.read_direct(out, source_sel=np.s_[start:stop])
+            else:
+                pread_into(self._raw_fd(), out, offset + start * out[:1].nbytes)
             return
         table = self._chunk_table(key, ds)
         if table is None or (table[start // ds.chunks[0]:(stop - 1) // ds.chunks[0] + 1] < 0).any():
@@ -164,9 +249,7 @@ class Reader:
     def _read_raw(self, table: np.ndarray, chunk_rows: int, start: int, stop: int,
                   out: np.ndarray) -> None:
         """One ``preadv`` per run of chunks that lie back to back in the file."""
-        with self._lock:  # whole-array reads call this from two threads
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDONLY)
+        fd = self._raw_fd()
         row_bytes = out[:1].nbytes
         first, last = start // chunk_rows, (stop - 1) // chunk_rows
         offsets = table[first:last + 1]
@@ -175,7 +258,7 @@ class Reader:
             lo = max(start, int(run[0]) * chunk_rows)
             hi = min(stop, (int(run[-1]) + 1) * chunk_rows)
             skip = (lo - int(run[0]) * chunk_rows) * row_bytes
-            pread_into(self._fd, out[lo - start:hi - start], int(table[run[0]]) + skip)
+            pread_into(fd, out[lo - start:hi - start], int(table[run[0]]) + skip)
 
     def meta(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
         """Shape and dtype as stored on disk."""

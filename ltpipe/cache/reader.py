@@ -1,8 +1,10 @@
 """Read side of the feature cache: :func:`open_cache` and :class:`CacheReader`.
 
 :func:`open_cache` refuses anything without a complete manifest of the format version this code
-writes, and checks the manifest values a job expects. Whole-array and row-range reads go through
-the backend's ``read_into``, which fills one preallocated array straight from the files.
+writes, and checks the manifest values a job expects. An array the backend can map (stored
+uncompressed in one extent, as the dump writes it) is read as a copy-on-write memory map: its
+checksums are computed on the page cache's own pages and nothing is copied. Any other array is
+read through the backend's ``read_into``, which fills one preallocated array from the files.
 """
 
 from __future__ import annotations
@@ -87,20 +89,49 @@ class CacheReader:
         n = shape[0]
         if rows is None:
             return self._read_checked(key, entry) if check else self._range(key, 0, n)
-        ranged = self._range_checked if check else self._range
         if isinstance(rows, slice):
             start, stop, step = rows.indices(n)
             if step == 1:
+                ranged = self._range_checked if check else self._range
                 return ranged(key, start, max(start, stop))
             rows = np.arange(start, stop, step)
-        return self._gather(key, shape, _row_indices(key, rows, n), ranged)
+        return self._gather(key, shape, _row_indices(key, rows, n), check)
 
     def _range(self, key: str, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` of ``key`` (its value for a 0-d array), unchecked."""
+        """Rows ``start:stop`` of ``key`` (its value for a 0-d array), unchecked: a view of the
+        array mapped copy-on-write where the backend can map it, else read into new memory."""
         shape, dtype = self._arrays[key]["shape"], self._arrays[key]["dtype"]
+        src = self._impl.mapped(key) if shape else None
+        if src is not None:
+            return src[start:stop]
         out = empty_aligned((stop - start, *shape[1:]) if shape else (), dtype)
         self._impl.read_into(key, start, stop, out)
         return out
+
+    def _check(self, key: str, block: np.ndarray, first: int) -> None:
+        """Raise CacheError unless every chunk of ``block`` (whole chunks from chunk ``first``;
+        the array's last one may be short) matches the manifest; remember the ones checked."""
+        spec = self._arrays[key]["checksum"]
+        bad = bad_chunks(spec, block, first)
+        if bad:
+            raise self._corrupted(key, bad)
+        size = int(spec["chunk_rows"])
+        self._verified.setdefault(key, set()).update(range(first, first + -(-len(block) // size)))
+
+    def _corrupted(self, key: str, bad: list[int]) -> CacheError:
+        """The error for chunks ``bad`` of ``key`` failing their checksums."""
+        spec = self._arrays[key]["checksum"]
+        what = describe_bad_chunks(bad, int(spec["chunk_rows"]), self._rows(key),
+                                   spec["algorithm"])
+        return CacheError(f"{key} in {self.path}: {what}: the cache is corrupted; {FIX}")
+
+    def _rows(self, key: str) -> int:
+        return int(self._arrays[key]["shape"][0])
+
+    def _chunk_rows(self, key: str) -> int:
+        """Rows per checksummed chunk of ``key``; 0 where its manifest has no checksums."""
+        spec = self._arrays[key].get("checksum") or {}
+        return int(spec.get("chunk_rows", 0)) if spec.get("values") else 0
 
     def _range_checked(self, key: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of ``key``, each chunk they touch checked once per reader.
@@ -108,46 +139,55 @@ class CacheReader:
         The first read that touches a chunk reads all of it and compares its checksum with the
         manifest's (a row can only be checked with its chunk); later reads of checked chunks
         read just their rows. So sampled reads (FSA's feature maps) are checked too, and read
-        at most the whole array once more than the rows they ask for.
+        at most the whole array once more than the rows they ask for. A mapped array's chunks
+        are checksummed where they lie (pages of the page cache), without a copy.
         """
-        spec = self._arrays[key].get("checksum") or {}
-        size = int(spec.get("chunk_rows", 0))
-        if stop <= start or size <= 0 or not spec.get("values"):
+        size = self._chunk_rows(key)
+        if stop <= start or size <= 0:
             return self._range(key, start, stop)
         first, last = start // size, (stop - 1) // size
         done = self._verified.setdefault(key, set())
-        if all(c in done for c in range(first, last + 1)):
+        src = self._impl.mapped(key)
+        todo = [c for c in range(first, last + 1) if c not in done]
+        if src is not None:
+            for c in todo:
+                self._check(key, src[c * size:(c + 1) * size], c)
+            return src[start:stop]
+        if not todo:
             return self._range(key, start, stop)
-        n = int(self._arrays[key]["shape"][0])
-        lo, hi = first * size, min(n, (last + 1) * size)
+        lo, hi = first * size, min(self._rows(key), (last + 1) * size)
         block = self._range(key, lo, hi)
-        bad = bad_chunks(spec, block, first)
-        if bad:
-            raise CacheError(f"{key} in {self.path}: "
-                             f"{describe_bad_chunks(bad, size, n, spec['algorithm'])}: the cache "
-                             f"is corrupted; {FIX}")
-        done.update(range(first, last + 1))
+        self._check(key, block, first)
         return block[start - lo:stop - lo]
 
     def _read_checked(self, key: str, entry: dict) -> np.ndarray:
         """The whole array, if every chunk matches the manifest's checksum.
 
-        Two threads, this one and a worker, take storage blocks in turn and each reads a block
-        into the output and checksums it at once. File reads release the GIL and so does an
-        xxh3 checksum, so with a core free the two threads share the work; with none free, each
-        block costs what one thread alone would pay. A mismatch raises ``CacheError`` naming the
-        array and the chunks.
+        Where the backend can map the array (uncompressed, stored in one extent), the result is
+        that map (copy-on-write: writing to it changes neither the file nor any other read) and
+        the checksum pass over it is the only time spent. Otherwise it is read into new memory.
+        Either way two threads, this one and a worker, take storage blocks in turn and each
+        checksums a block (reading it first where nothing is mapped). File reads release the GIL
+        and so does an xxh3 checksum, so with a core free the two threads share the work; with
+        none free, each block costs what one thread alone would pay. A mismatch raises
+        ``CacheError`` naming the array and the chunks.
         """
         shape = tuple(entry["shape"])
-        out = empty_aligned(shape, entry["dtype"])
-        spec = entry.get("checksum") or {}
-        size, n = int(spec.get("chunk_rows", 0)), shape[0]
-        if size <= 0 or not spec.get("values"):
-            self._impl.read_into(key, 0, n, out)
+        n = shape[0]
+        out = self._impl.mapped(key)
+        mapped = out is not None
+        if not mapped:
+            out = empty_aligned(shape, entry["dtype"])
+        size = self._chunk_rows(key)
+        if size <= 0:
+            if not mapped:
+                self._impl.read_into(key, 0, n, out)
             return out
-        if len(spec["values"]) != -(-n // size):
-            raise CacheError(f"{key} in {self.path}: the manifest has {len(spec['values'])} "
+        values = entry["checksum"]["values"]
+        if len(values) != -(-n // size):
+            raise CacheError(f"{key} in {self.path}: the manifest has {len(values)} "
                              f"checksums for {n} rows in chunks of {size}; {FIX}")
+        spec = entry["checksum"]
         checksum = checksum_function(str(spec.get("algorithm")))
         step = size * max(1, self._impl.block_rows(key) // size)
         spans = deque((lo, min(n, lo + step)) for lo in range(0, n, step))
@@ -161,7 +201,8 @@ class CacheReader:
                         lo, hi = spans.popleft()  # thread-safe: each block goes to one thread
                     except IndexError:
                         break
-                    self._impl.read_into(key, lo, hi, out[lo:hi])
+                    if not mapped:
+                        self._impl.read_into(key, lo, hi, out[lo:hi])
                     bad += bad_chunks(spec, out[lo:hi], lo // size, checksum)
             except BaseException:
                 stop.append(True)
@@ -180,15 +221,27 @@ class CacheReader:
                     raise
                 bad = sorted(bad + helper.result())
         if bad:
-            raise CacheError(f"{key} in {self.path}: "
-                             f"{describe_bad_chunks(bad, size, n, spec['algorithm'])}: the cache "
-                             f"is corrupted; {FIX}")
+            raise self._corrupted(key, bad)
+        self._verified[key] = set(range(len(values)))
         return out
 
-    def _gather(self, key: str, shape: tuple, idx: np.ndarray, ranged: Any) -> np.ndarray:
+    def _gather(self, key: str, shape: tuple, idx: np.ndarray, check: bool) -> np.ndarray:
+        """Rows ``idx`` (in that order, repeats allowed) in new memory. From a mapped array,
+        the chunks they touch are checked once per reader and only the rows are copied."""
+        src = self._impl.mapped(key)
+        if src is not None:
+            size = self._chunk_rows(key) if check else 0
+            if size:
+                done = self._verified.setdefault(key, set())
+                for c in np.unique(idx // size).tolist():
+                    if c not in done:
+                        self._check(key, src[c * size:(c + 1) * size], c)
+            return src[idx]
+        ranged = self._range_checked if check else self._range
         uniq, inverse = np.unique(idx, return_inverse=True)
         out = np.empty((len(uniq), *shape[1:]), np.dtype(self._arrays[key]["dtype"]))
-        block = self._impl.block_rows(key)
+        # checked: per chunk, so that only the chunks holding selected rows are checked
+        block = (self._chunk_rows(key) if check else 0) or self._impl.block_rows(key)
         pos = 0
         while pos < len(uniq):  # one contiguous read per block that holds selected rows
             end = int(np.searchsorted(uniq, (uniq[pos] // block + 1) * block))

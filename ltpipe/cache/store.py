@@ -115,7 +115,9 @@ class CacheWriter:
                expected_rows: int | None = None) -> None:
         """Declare a streamed array of shape ``(rows, *shape_tail)``; rows come via :meth:`append`.
 
-        ``expected_rows``, when given, caps the chunk size and is checked at commit.
+        ``expected_rows``, when given, caps the chunk size, lets the backend lay the array out
+        in one extent (read by mapping it, see :mod:`ltpipe.cache.rawio`), and is checked by
+        every append (no more rows) and at commit (no fewer).
         """
         key = self._new_key(group, name)
         dtype = np.dtype(dtype).newbyteorder("<")  # stored little-endian on every backend
@@ -126,7 +128,7 @@ class CacheWriter:
         chunk_rows = max(1, math.ceil(self.chunk_mb * 2**20 / row_bytes))
         if expected_rows is not None:
             chunk_rows = max(1, min(chunk_rows, int(expected_rows)))
-        self._impl.create(key, tail, dtype, chunk_rows)
+        self._impl.create(key, tail, dtype, chunk_rows, expected_rows)
         self._streams[key] = _Stream(tail, dtype, chunk_rows, expected_rows)
 
     def append(self, group: str, name: str, rows: np.ndarray) -> None:
@@ -134,6 +136,10 @@ class CacheWriter:
         key, st = self._stream(group, name)
         rows = self._coerce(key, st, rows)
         pos, n = 0, len(rows)
+        if st.expected_rows is not None and st.rows + st.filled + n > st.expected_rows:
+            raise LtpipeError(f"{key}: appending {n} rows to the {st.rows + st.filled} already "
+                              f"written would exceed expected_rows={st.expected_rows}; declare "
+                              "the array's true row count in create()")
         if st.filled:  # complete the pending partial chunk first
             pos = min(st.chunk_rows - st.filled, n)
             st.buffer[st.filled:st.filled + pos] = rows[:pos]

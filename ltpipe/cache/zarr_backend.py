@@ -1,11 +1,15 @@
 """zarr v3 backend of the feature cache: sharded arrays chunked along axis 0.
 
-The metadata (``zarr.json``) is written by zarr itself; the shards of streamed arrays are encoded
-here, chunk by chunk as rows arrive, in the zarr v3 sharding layout (inner codecs ``bytes`` + the
-chosen compressor, index ``bytes`` + ``crc32c`` at the end of the shard). Going around zarr's
-per-chunk async machinery makes writes and whole-array reads several times faster: uncompressed
-shards are read with one ``preadv`` straight into the output array. Any zarr v3 reader opens the
-result (a test checks this). Arrays in another layout are read through zarr.
+The metadata (``zarr.json``) is written here, and the shards of streamed arrays are encoded
+here too, chunk by chunk as rows arrive, in the zarr v3 sharding layout (inner codecs
+``bytes`` + the chosen compressor, index ``bytes`` + ``crc32c`` at the end of the shard). An
+array whose row count is declared up front (the dump declares every one) is one shard: its
+uncompressed rows lie back to back in one file from offset 0, so a read maps them
+(:func:`ltpipe.cache.rawio.map_rows`) instead of copying them. Going around zarr's per-chunk
+async machinery makes writes and reads several times faster; any zarr v3 reader opens the
+result (a test checks this). Arrays in another layout are read through zarr; caches written
+before arrays were one shard (8 chunks per shard) are read with one ``preadv`` per shard
+straight into the output array.
 """
 
 from __future__ import annotations
@@ -13,14 +17,14 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ltpipe.cache.format import CacheError
-from ltpipe.cache.rawio import pread_into, preallocate
+from ltpipe.cache.rawio import map_rows, pread_into, preallocate
 from ltpipe.utils import LtpipeError
 
 #: compression name -> (zarr v3 codec name, its configuration without level and typesize)
@@ -30,7 +34,11 @@ COMPRESSIONS: dict[str, tuple[str, dict[str, Any]] | None] = {
     "lz4": ("blosc", {"cname": "lz4", "shuffle": "noshuffle", "blocksize": 0}),
     "blosc": ("blosc", {"cname": "zstd", "shuffle": "shuffle", "blocksize": 0}),
 }
+#: chunks per shard of an array whose row count is not declared up front (one shard holds them
+#: all otherwise): the layout of every array in caches written before that
 CHUNKS_PER_SHARD = 8
+#: chunks per read block (a whole-array read's unit of work, two threads taking blocks in turn)
+CHUNKS_PER_BLOCK = 8
 #: chunk key separator written ("/", zarr's default, is read too): shard i of a 4-d array is the
 #: file c.i.0.0.0 in the array's folder ("/" would need 3 new folders per shard: 10% of a write)
 SEPARATOR = "."
@@ -59,7 +67,7 @@ def _fill_value(dtype: np.dtype) -> Any:
     return {"b": False, "c": [0.0, 0.0], "f": 0.0}.get(dtype.kind, 0)
 
 
-def _array_meta(shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int,
+def _array_meta(shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int, per_shard: int,
                 compressor: dict | None) -> dict[str, Any]:
     """zarr v3 metadata of an array sharded along axis 0 as Writer writes it."""
     tail = list(shape[1:])
@@ -67,7 +75,7 @@ def _array_meta(shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int,
     return {
         "shape": list(shape), "data_type": dtype.name,
         "chunk_grid": {"name": "regular", "configuration": {
-            "chunk_shape": [chunk_rows * CHUNKS_PER_SHARD, *tail]}},
+            "chunk_shape": [chunk_rows * per_shard, *tail]}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": SEPARATOR}},
         "fill_value": _fill_value(dtype),
         "codecs": [{"name": "sharding_indexed", "configuration": {
@@ -123,8 +131,7 @@ class _Shard:
 
     number: int
     fh: Any
-    index: np.ndarray = field(default_factory=lambda: np.full((CHUNKS_PER_SHARD, 2), _EMPTY,
-                                                              "<u8"))
+    index: np.ndarray
     offset: int = 0
 
 
@@ -143,13 +150,17 @@ class Writer:
         self._codec: dict[str, Any] = {}
         self._shard: dict[str, _Shard] = {}
 
-    def create(self, key: str, tail: tuple[int, ...], dtype: np.dtype, chunk_rows: int) -> None:
-        """Create an empty array of ``chunk_rows``-row chunks, ``CHUNKS_PER_SHARD`` per shard."""
+    def create(self, key: str, tail: tuple[int, ...], dtype: np.dtype, chunk_rows: int,
+               expected_rows: int | None = None) -> None:
+        """Create an empty array of ``chunk_rows``-row chunks: one shard for ``expected_rows``
+        rows where they are declared, else ``CHUNKS_PER_SHARD`` chunks per shard."""
         group = self.root / key.split("/")[0]
         if not (group / "zarr.json").is_file():
             _write_json(group / "zarr.json", _GROUP_META)
         compressor = _compressor(self.compression, self.level, dtype)
-        self._meta[key] = _array_meta((0, *tail), dtype, chunk_rows, compressor)
+        per_shard = (max(1, -(-expected_rows // chunk_rows)) if expected_rows is not None
+                     else CHUNKS_PER_SHARD)
+        self._meta[key] = _array_meta((0, *tail), dtype, chunk_rows, per_shard, compressor)
         self._codec[key] = _numcodec(compressor)
         _write_json(self.root / key / "zarr.json", self._meta[key])
 
@@ -157,19 +168,20 @@ class Writer:
         """Write chunks ``first, first+1, ...``: whole chunks, or the array's last partial one.
 
         Uncompressed chunks that go to the same shard are written with one call."""
-        chunk_rows = self._meta[key]["codecs"][0]["configuration"]["chunk_shape"][0]
+        chunk_rows, per_shard = self._layout(key)
         block = np.ascontiguousarray(block.astype(block.dtype.newbyteorder("<"), copy=False))
         if self._codec[key] is not None:
             for j, lo in enumerate(range(0, len(block), chunk_rows)):
-                self._write_encoded(key, first + j, block[lo:lo + chunk_rows], chunk_rows)
+                self._write_encoded(key, first + j, block[lo:lo + chunk_rows], chunk_rows,
+                                    per_shard)
             return
         chunk_bytes = chunk_rows * block[:1].nbytes
         lo, number = 0, first
         while lo < len(block):
-            shard_number, slot = divmod(number, CHUNKS_PER_SHARD)
-            count = min(CHUNKS_PER_SHARD - slot, -(-(len(block) - lo) // chunk_rows))
+            shard_number, slot = divmod(number, per_shard)
+            count = min(per_shard - slot, -(-(len(block) - lo) // chunk_rows))
             hi = min(len(block), lo + count * chunk_rows)
-            shard = self._open_shard(key, shard_number, block.ndim)
+            shard = self._open_shard(key, shard_number, block.ndim, per_shard)
             preallocate(shard.fh.fileno(), shard.offset, count * chunk_bytes)
             shard.fh.write(memoryview(block[lo:hi]).cast("B"))
             padding = count * chunk_bytes - block[lo:hi].nbytes
@@ -180,18 +192,26 @@ class Writer:
                 shard.offset += chunk_bytes
             lo, number = hi, number + count
 
-    def _open_shard(self, key: str, shard_number: int, ndim: int) -> _Shard:
+    def _layout(self, key: str) -> tuple[int, int]:
+        """(rows per chunk, chunks per shard) of ``key``."""
+        meta = self._meta[key]
+        chunk_rows = meta["codecs"][0]["configuration"]["chunk_shape"][0]
+        return chunk_rows, meta["chunk_grid"]["configuration"]["chunk_shape"][0] // chunk_rows
+
+    def _open_shard(self, key: str, shard_number: int, ndim: int, per_shard: int) -> _Shard:
         """The shard being written, after closing the one before if it is another."""
         shard = self._shard.get(key)
         if shard is None or shard.number != shard_number:
             self._close_shard(key)
             path = _shard_path(self.root / key, shard_number, ndim)  # no folder to make
-            shard = self._shard[key] = _Shard(shard_number, open(path, "wb"))
+            shard = self._shard[key] = _Shard(shard_number, open(path, "wb"),
+                                              np.full((per_shard, 2), _EMPTY, "<u8"))
         return shard
 
-    def _write_encoded(self, key: str, number: int, chunk: np.ndarray, chunk_rows: int) -> None:
-        shard_number, slot = divmod(number, CHUNKS_PER_SHARD)
-        shard = self._open_shard(key, shard_number, chunk.ndim)
+    def _write_encoded(self, key: str, number: int, chunk: np.ndarray, chunk_rows: int,
+                       per_shard: int) -> None:
+        shard_number, slot = divmod(number, per_shard)
+        shard = self._open_shard(key, shard_number, chunk.ndim, per_shard)
         if len(chunk) < chunk_rows:  # the array's last chunk is encoded full size, zero padded
             chunk = np.concatenate([chunk, np.zeros((chunk_rows - len(chunk),
                                                      *chunk.shape[1:]), chunk.dtype)])
@@ -284,6 +304,7 @@ class _FastArray:
         self.per_shard = self.shard_rows // self.chunk_rows
         self.codec = _numcodec(comp)
         self.sep = meta["chunk_key_encoding"]["configuration"]["separator"]
+        self._mappable: bool | None = None  # decided on the first map (the files never change)
 
     def read_into(self, start: int, stop: int, out: np.ndarray) -> None:
         """Fill ``out`` (rows ``start:stop``, C-contiguous) shard by shard, without copies."""
@@ -296,13 +317,33 @@ class _FastArray:
             finally:
                 os.close(fd)
 
-    def _read_shard(self, fd: int, shard: int, start: int, stop: int, out: np.ndarray) -> None:
+    def mapped(self) -> np.ndarray | None:
+        """The whole array mapped copy-on-write, if it is one shard of uncompressed chunks
+        stored in order from offset 0 (as the writer stores an array of declared size)."""
+        n = self.shape[0]
+        if self.codec is not None or n == 0 or n > self.shard_rows or self._mappable is False:
+            return None
+        fd = os.open(_shard_path(self.dir, 0, len(self.shape), self.sep), os.O_RDONLY)
+        try:
+            if self._mappable is None:
+                chunk_bytes = self.chunk_rows * self.dtype.itemsize * int(np.prod(self.shape[1:]))
+                self._mappable = self._back_to_back(self._index(fd, 0), 0,
+                                                    (n - 1) // self.chunk_rows, chunk_bytes)
+            return map_rows(fd, 0, self.shape, self.dtype) if self._mappable else None
+        finally:
+            os.close(fd)
+
+    def _index(self, fd: int, shard: int) -> np.ndarray:
+        """The shard's chunk index, rows (offset, nbytes), after checking its CRC-32C."""
         nidx = 16 * self.per_shard
         size = os.fstat(fd).st_size
         raw = os.pread(fd, nidx + 4, size - nidx - 4) if size >= nidx + 4 else b""
         if len(raw) != nidx + 4 or _crc32c(raw[:nidx]) != raw[nidx:]:
             raise OSError(f"shard index checksum mismatch in {self.dir} shard {shard}")
-        index = np.frombuffer(raw[:nidx], "<u8").reshape(-1, 2)
+        return np.frombuffer(raw[:nidx], "<u8").reshape(-1, 2)
+
+    def _read_shard(self, fd: int, shard: int, start: int, stop: int, out: np.ndarray) -> None:
+        index = self._index(fd, shard)
         lo = shard * self.shard_rows
         a, b = max(lo, start), min(lo + self.shard_rows, stop)
         row_bytes = out[:1].nbytes
@@ -362,10 +403,16 @@ class Reader:
         return self._zarr[key]
 
     def block_rows(self, key: str) -> int:
-        """Rows per read block: one shard."""
+        """Rows per read block: ``CHUNKS_PER_BLOCK`` chunks, at most one shard."""
         fast = self._array(key)
-        return fast.shard_rows if fast else max(1, (self._slow(key).shards or
-                                                    self._slow(key).chunks or (1,))[0])
+        if fast:
+            return min(fast.shard_rows, fast.chunk_rows * CHUNKS_PER_BLOCK)
+        return max(1, (self._slow(key).shards or self._slow(key).chunks or (1,))[0])
+
+    def mapped(self, key: str) -> np.ndarray | None:
+        """A fresh copy-on-write map of the whole array, or None where it must be read."""
+        fast = self._array(key)
+        return fast.mapped() if fast else None
 
     def read_into(self, key: str, start: int, stop: int, out: np.ndarray) -> None:
         """Fill ``out`` (C-contiguous) with rows ``start:stop`` (a 0-d ``out``: the value);
