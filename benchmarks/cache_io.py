@@ -13,11 +13,15 @@ threads can run faster than its CPU time says). Each round runs every format onc
 other, so load from other processes hits all formats alike; an untimed warm-up round first pays
 for imports and first touches. Every timed write and read starts after an untimed ``os.sync()``, so
 no format pays for the write-back of the files the one before it wrote; reads are from the page
-cache (the files were just written) for numpy and the cache alike. Then it measures the
+cache (the files were just written) for numpy and the cache alike. An uncompressed cache array
+is returned as a copy-on-write map of the file (nothing copied); ``--then-write`` adds, to every
+format's timed read, writing every element of what it read in place, where such a map pays for
+the pages it did not copy. Then it measures the
 streaming write's peak memory (tracemalloc peak and the RSS high-water mark of a fresh process)
 for N and 4N rows.
 
-    python benchmarks/cache_io.py [--rows N] [--repeat K] [--formats F ...] [--json OUT] [--dir D]
+    python benchmarks/cache_io.py [--rows N] [--repeat K] [--formats F ...] [--then-write]
+                                  [--json OUT] [--dir D]
 """
 
 from __future__ import annotations
@@ -101,17 +105,24 @@ def _write(fmt: tuple, arrays: dict, target: Path) -> None:
         stream_write(target, backend, compression, level, _batches(arrays), rows)
 
 
-def _read(fmt: tuple, names: list[str], target: Path) -> None:
-    if fmt[1] is None:
+def _read(fmt: tuple, names: list[str], target: Path, then_write: bool = False) -> None:
+    """Read every array whole; ``then_write``: then write every element of it in place, which
+    is where a mapped (copy-on-write) read pays for the pages it did not copy."""
+    reader = open_cache(target) if fmt[1] is not None else None
+    try:
         for name in names:
-            a = np.load(target / f"{name}.npy")
-            if fmt[2] == "checksum":
-                fn, step = checksum_function(default_checksum()), max(1, 2**20 // a[:1].nbytes)
-                [fn(a[lo:lo + step]) for lo in range(0, len(a), step)]
-    else:
-        with open_cache(target) as reader:
-            for name in names:
-                reader.read("train", name)
+            if reader is not None:
+                a = reader.read("train", name)
+            else:
+                a = np.load(target / f"{name}.npy")
+                if fmt[2] == "checksum":
+                    fn, step = checksum_function(default_checksum()), max(1, 2**20 // a[:1].nbytes)
+                    [fn(a[lo:lo + step]) for lo in range(0, len(a), step)]
+            if then_write:
+                np.negative(a, out=a)
+    finally:
+        if reader is not None:
+            reader.close()
 
 
 def _size(path: Path) -> int:
@@ -166,7 +177,8 @@ def machine() -> str:
             f"load average {load}")
 
 
-def speed_table(rows: int, repeat: int, workdir: Path, formats: list[tuple]) -> list[dict]:
+def speed_table(rows: int, repeat: int, workdir: Path, formats: list[tuple],
+                then_write: bool = False) -> list[dict]:
     """Median write/read time per format over ``repeat`` interleaved rounds; prints a table."""
     arrays = make_arrays(rows)
     nbytes = sum(a.nbytes for a in arrays.values())
@@ -184,7 +196,7 @@ def speed_table(rows: int, repeat: int, workdir: Path, formats: list[tuple]) -> 
             target = targets[fmt[0]]
             _remove(target)  # deletion is not timed
             write = _timed(_write, fmt, arrays, target, warm=nbytes)
-            read = _timed(_read, fmt, list(arrays), target, warm=nbytes)
+            read = _timed(_read, fmt, list(arrays), target, then_write, warm=nbytes)
             if round_:
                 for step, (wall, used) in (("write", write), ("read", read)):
                     times[fmt[0]][step].append(wall)
@@ -294,6 +306,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--formats", nargs="+", default=None, metavar="F",
                         help=f"formats to time (numpy always): {[f[0] for f in FORMATS]}")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory table")
+    parser.add_argument("--then-write", action="store_true",
+                        help="the timed read also writes every element it read, in place (what "
+                             "a job that changes its inputs pays for a copy-on-write map)")
     parser.add_argument("--json", default=None, metavar="OUT", help="also write results as JSON")
     parser.add_argument("--dir", default=None,
                         help="where the work directory goes, created if missing (default: the "
@@ -315,7 +330,8 @@ def main(argv: list[str] | None = None) -> None:
         print(machine())
         out = {"rows": args.rows, "repeat": args.repeat, "checksum": default_checksum(),
                "machine": machine(),
-               "speed": speed_table(args.rows, args.repeat, workdir, formats)}
+               "then_write": args.then_write,
+               "speed": speed_table(args.rows, args.repeat, workdir, formats, args.then_write)}
         if not args.no_memory:
             out["memory"] = memory_table(args.rows, workdir)
     finally:
