@@ -518,6 +518,11 @@ def test_mapped_reads_are_private(tmp_path, backend):
     assert verify_cache(path) == []
     with open_cache(path) as r:
         np.testing.assert_array_equal(r.read("train", "x"), data["x"])
+    with open_cache(path, mapped=False) as r:  # the caller's choice: memory of its own
+        for rows in (None, slice(3, 30)):
+            got = r.read("train", "x", rows)
+            assert not _mapped_base(got)
+            np.testing.assert_array_equal(got, data["x"] if rows is None else data["x"][rows])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -37,8 +37,8 @@ from ltpipe.utils import LtpipeError, _json_default
 class CacheReader:
     """Read access to a committed cache; get one from :func:`open_cache`."""
 
-    def __init__(self, path: Path, backend: str, manifest: dict) -> None:
-        self.path, self.backend, self.manifest = path, backend, manifest
+    def __init__(self, path: Path, backend: str, manifest: dict, mapped: bool = True) -> None:
+        self.path, self.backend, self.manifest, self.mapped = path, backend, manifest, mapped
         self._impl = backend_module(backend).Reader(path)
         self._arrays: dict[str, dict] = manifest.get("arrays", {})
         self._verified: dict[str, set[int]] = {}  # per array: chunks whose checksum matched
@@ -101,12 +101,16 @@ class CacheReader:
         """Rows ``start:stop`` of ``key`` (its value for a 0-d array), unchecked: a view of the
         array mapped copy-on-write where the backend can map it, else read into new memory."""
         shape, dtype = self._arrays[key]["shape"], self._arrays[key]["dtype"]
-        src = self._impl.mapped(key) if shape else None
+        src = self._map(key) if shape else None
         if src is not None:
             return src[start:stop]
         out = empty_aligned((stop - start, *shape[1:]) if shape else (), dtype)
         self._impl.read_into(key, start, stop, out)
         return out
+
+    def _map(self, key: str) -> np.ndarray | None:
+        """A fresh copy-on-write map of the whole array ``key``, or None (read it instead)."""
+        return self._impl.mapped(key) if self.mapped else None
 
     def _check(self, key: str, block: np.ndarray, first: int) -> None:
         """Raise CacheError unless every chunk of ``block`` (whole chunks from chunk ``first``;
@@ -147,7 +151,7 @@ class CacheReader:
             return self._range(key, start, stop)
         first, last = start // size, (stop - 1) // size
         done = self._verified.setdefault(key, set())
-        src = self._impl.mapped(key)
+        src = self._map(key)
         todo = [c for c in range(first, last + 1) if c not in done]
         if src is not None:
             for c in todo:
@@ -174,7 +178,7 @@ class CacheReader:
         """
         shape = tuple(entry["shape"])
         n = shape[0]
-        out = self._impl.mapped(key)
+        out = self._map(key)
         mapped = out is not None
         if not mapped:
             out = empty_aligned(shape, entry["dtype"])
@@ -228,7 +232,7 @@ class CacheReader:
     def _gather(self, key: str, shape: tuple, idx: np.ndarray, check: bool) -> np.ndarray:
         """Rows ``idx`` (in that order, repeats allowed) in new memory. From a mapped array,
         the chunks they touch are checked once per reader and only the rows are copied."""
-        src = self._impl.mapped(key)
+        src = self._map(key)
         if src is not None:
             size = self._chunk_rows(key) if check else 0
             if size:
@@ -284,8 +288,13 @@ def _normalize(value: Any) -> Any:
     return json.loads(json.dumps(value, default=_json_default))
 
 
-def open_cache(path: str | os.PathLike, expect: dict | None = None) -> CacheReader:
+def open_cache(path: str | os.PathLike, expect: dict | None = None, *,
+               mapped: bool = True) -> CacheReader:
     """Open a complete cache, checking that ``expect``'s keys match its manifest.
+
+    ``mapped`` (default): arrays stored in one extent are returned as copy-on-write maps of the
+    file (no copy; the pages a caller writes are copied then). ``mapped=False``: every read is
+    copied into new memory, the faster choice for a caller that writes its whole input in place.
 
     Raises:
         CacheError: the path is missing, not a cache, incomplete, of another format version, or
@@ -313,4 +322,4 @@ def open_cache(path: str | os.PathLike, expect: dict | None = None) -> CacheRead
         if _normalize(want) != found:
             raise CacheError(f"{path}: manifest key {key!r} is {found!r}, expected {want!r}; "
                              f"the cache was made with other settings, {FIX}")
-    return CacheReader(path, kind, manifest)
+    return CacheReader(path, kind, manifest, mapped)
