@@ -1,8 +1,9 @@
 """Runtime settings: config values that decide how fast, or on which device, a job runs, never
 what it computes. The whole policy lives here.
 
-- A stage-one recipe's speed keys (``RECIPE_KEYS``: compile changes floating-point rounding at
-  most) reach the train job of that recipe (``ltpipe train --runtime-of NAME``).
+- A stage-one recipe's speed keys (``RECIPE_KEYS``: compile and deterministic change
+  floating-point rounding at most) reach the train job of that recipe
+  (``ltpipe train --runtime-of NAME``).
 - ``classify_device`` (cpu | cuda | auto, :mod:`ltpipe.classifiers.device`) reaches every
   classify job.
 
@@ -22,7 +23,7 @@ from typing import Any
 
 from ltpipe.utils import LtpipeError
 
-RECIPE_KEYS = ("checkpoint_every", "eval_batch_size", "loader_workers", "compile")
+RECIPE_KEYS = ("checkpoint_every", "eval_batch_size", "loader_workers", "compile", "deterministic")
 RECIPES_ENV = "LTPIPE_RUNTIME_SETTINGS"
 DEVICE_ENV = "LTPIPE_CLASSIFY_DEVICE"
 

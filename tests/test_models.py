@@ -21,7 +21,7 @@ from ltpipe.models import (
     model_names,
     register_model,
 )
-from ltpipe.models.afa import generation_counts, sample_pairs
+from ltpipe.models.afa import AFAModule, generation_counts, sample_pairs
 from ltpipe.models.cifar_resnet import BasicBlockA, ShortcutA
 from ltpipe.utils import LtpipeError
 
@@ -404,6 +404,31 @@ def test_afa_train_forward_shapes_and_generated_maps():
     i, j, y_ref = sample_pairs(LABELS, 1.0, 4.0, torch.Generator().manual_seed(5))
     torch.testing.assert_close(x_gen, x_class[i] + x_var[j])
     assert torch.equal(y_gen, y_ref)
+
+
+def test_afa_generation_gradients_are_bit_reproducible():
+    """The same pairs give bit-identical gradients pass after pass on a 2-thread CPU. Pairs
+    repeat samples; the backward of advanced indexing (``x[i]``) summed the repeats in a
+    varying order, so two AFA trainings from one seed differed; ``generate`` must not."""
+    module = AFAModule(64, 16)
+    y = torch.repeat_interleave(torch.arange(4), torch.tensor([40, 14, 7, 3]))
+    x_class, x_var = torch.randn(2, 64, 64, 4, 4, generator=torch.Generator().manual_seed(0))
+    weight = None
+    grads = set()
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for _ in range(12):
+            a, b = x_class.clone().requires_grad_(), x_var.clone().requires_grad_()
+            gen, _ = module.generate(a, b, y, torch.Generator().manual_seed(1))
+            if weight is None:
+                assert len(gen) > 60  # repeats of samples (pairs are drawn with replacement)
+                weight = torch.randn(gen.shape, generator=torch.Generator().manual_seed(2))
+            (gen * weight).sum().backward()
+            grads.add((a.grad.numpy().tobytes(), b.grad.numpy().tobytes()))
+    finally:
+        torch.set_num_threads(old)
+    assert len(grads) == 1
 
 
 def test_afa_no_generation_in_eval_or_when_disabled():

@@ -338,6 +338,27 @@ def test_classify_refuses_corrupted_cache(stage1, caches, tmp_path, backend, cap
     assert not (tmp_path / "job" / "metrics.json").exists()
 
 
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_truncated_cache_is_refused(stage1, caches, tmp_path, backend, capsys):
+    """A cache file cut short (the zarr shard of train/pooled; the HDF5 file) is refused with
+    a readable error by verify and by a classify job: reads map the files, and a map of bytes
+    that are not there must never be handed out (nor crash the process)."""
+    from ltpipe.cli import main
+
+    src = caches[backend]
+    bad = tmp_path / src.name
+    (shutil.copytree if src.is_dir() else shutil.copy)(src, bad)
+    cut = bad / "train" / "pooled" / "c.0.0" if backend == "zarr" else bad
+    os.truncate(cut, cut.stat().st_size - 4096)
+    proc = ltpipe("cache", "verify", bad)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert ("train/pooled" if backend == "zarr" else "cannot read the manifest") in proc.stdout
+    rc = main(_classify_args(stage1, bad, tmp_path / "job"))
+    err = capsys.readouterr().err
+    assert rc != 0 and "Traceback" not in err, err
+    assert not (tmp_path / "job" / "metrics.json").exists()
+
+
 # ------------------------------------------------------------- cache of another split/backbone
 def test_classify_refuses_cache_of_other_split_or_backbone(stage1, caches, tmp_path,
                                                             capsys):

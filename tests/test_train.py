@@ -120,6 +120,19 @@ def test_afa_and_head_half_runs(split_path, tmp_path):
     assert meta["train_classes"] == [0, 1, 2, 3, 4] and model.num_classes == 10
 
 
+def test_deterministic_recipe_key_turns_on_deterministic_algorithms(split_path, tmp_path):
+    """``deterministic: true`` in a recipe trains with torch's deterministic algorithms (what
+    makes AFA bit-reproducible on a multi-threaded CPU); the default does not, and the setting
+    is left as it was afterwards."""
+    seen = {}
+    for flag in (True, False):
+        states = seen.setdefault(flag, set())
+        _run(split_path, tmp_path / f"{flag}.pt", {"epochs": 1, "deterministic": flag},
+             on_step=lambda _: states.add(torch.are_deterministic_algorithms_enabled()))
+        assert not torch.are_deterministic_algorithms_enabled()
+    assert seen == {True: {True}, False: {False}}
+
+
 def test_resume_refuses_a_checkpoint_of_another_recipe(split_path, tmp_path):
     out = tmp_path / "model.pt"
     with pytest.raises(TrainingInterrupted):

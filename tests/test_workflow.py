@@ -137,10 +137,12 @@ def test_recipe_setting_reruns_backbone_and_what_it_feeds(default_run):
 
 
 def test_speed_only_recipe_keys_do_not_retrain(default_run):
-    """compile, loader_workers, checkpoint_every and eval_batch_size change how fast a run goes,
-    not what it computes: they are not params, so a finished backbone stays as it is."""
+    """compile, deterministic, loader_workers, checkpoint_every and eval_batch_size change how
+    fast a run goes (or its rounding), not what it computes: they are not params, so a finished
+    backbone stays as it is."""
     cfg_path = _edited(default_run, lambda c: c["backbones"]["ce"].update(
-        compile=True, loader_workers=1, checkpoint_every=5, eval_batch_size=64))
+        compile=True, deterministic=True, loader_workers=1, checkpoint_every=5,
+        eval_batch_size=64))
     proc = snakemake(default_run, "-n", config=cfg_path)
     assert planned_jobs(proc) == {}, proc.stdout[-3000:]
     # ... and the train jobs that did run got their speed-only keys from the environment

@@ -170,10 +170,16 @@ class AFAModule(nn.Module):
 
     def generate(self, x_class: torch.Tensor, x_var: torch.Tensor, y: torch.Tensor,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Generated maps X_class[i] + X_var[j] [G, D, H, W] and their labels [G]."""
+        """Generated maps X_class[i] + X_var[j] [G, D, H, W] and their labels [G].
+
+        ``index_select``, not ``x[i]``: i and j repeat samples, and the backward of advanced
+        indexing (``index_put_`` with accumulation) adds the repeats in a different order from
+        pass to pass on a multi-threaded CPU (tested); ``index_select``'s backward does not.
+        That alone does not make a whole AFA training bit-reproducible on such a CPU: the
+        recipe key ``deterministic: true`` does (see the README)."""
         i, j, y_gen = sample_pairs(y, self.gamma, self.alpha, generator)
         i, j = i.to(x_class.device), j.to(x_class.device)
-        return x_class[i] + x_var[j], y_gen
+        return x_class.index_select(0, i) + x_var.index_select(0, j), y_gen
 
 
 def lbls_loss(out: dict[str, torch.Tensor], y: torch.Tensor, epoch: int,

@@ -167,7 +167,8 @@ def train_stage1(split_path: str | Path, recipe: dict, out_path: str | Path, *, 
     ``device``: None = "cuda" when available, else "cpu" (lease a GPU with
     ``ltpipe.train.device.lease_device`` first). ``threads``: torch CPU threads. ``log``: a
     file-like object or ``logging.Logger`` for per-epoch lines (default: stdout).
-    ``deterministic``: deterministic algorithms, no cudnn.benchmark. ``on_step(global_step)``
+    ``deterministic``: deterministic algorithms, no cudnn.benchmark (so does the recipe's
+    ``deterministic: true``). ``on_step(global_step)``
     is called after every optimizer step (progress hooks, tests).
     Raises ``TrainingInterrupted`` (exit status 75) after checkpointing on SIGTERM / SIGUSR1.
     """
@@ -179,7 +180,7 @@ def train_stage1(split_path: str | Path, recipe: dict, out_path: str | Path, *, 
     out_path, ck_path = Path(out_path), ckpt_path(out_path)
     split = read_split(split_path)
     train_data, train_classes = _training_data(split, cfg["head_half"])
-    with _runtime(device, threads, deterministic) as dev:
+    with _runtime(device, threads, deterministic or cfg["deterministic"]) as dev:
         trainer = Stage1Trainer(train_data, split.class_counts, int(split.num_classes), cfg, dev,
                                 seed)
         ident = {"recipe": cfg, "seed": seed, "split_fingerprint": split.fingerprint,
