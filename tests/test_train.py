@@ -128,7 +128,7 @@ def test_deterministic_recipe_key_turns_on_deterministic_algorithms(split_path, 
     for flag in (True, False):
         states = seen.setdefault(flag, set())
         _run(split_path, tmp_path / f"{flag}.pt", {"epochs": 1, "deterministic": flag},
-             on_step=lambda _: states.add(torch.are_deterministic_algorithms_enabled()))
+             on_step=lambda _, s=states: s.add(torch.are_deterministic_algorithms_enabled()))
         assert not torch.are_deterministic_algorithms_enabled()
     assert seen == {True: {True}, False: {False}}
 
