@@ -121,16 +121,18 @@ def test_afa_and_head_half_runs(split_path, tmp_path):
 
 
 def test_deterministic_recipe_key_turns_on_deterministic_algorithms(split_path, tmp_path):
-    """``deterministic: true`` in a recipe trains with torch's deterministic algorithms (what
-    makes AFA bit-reproducible on a multi-threaded CPU); the default does not, and the setting
-    is left as it was afterwards."""
+    """A recipe's ``deterministic`` turns torch's deterministic algorithms on (what makes AFA
+    bit-reproducible on a multi-threaded CPU) or off; ``auto``, the default, turns them on for
+    CPU training. The setting is left as it was afterwards."""
     seen = {}
-    for flag in (True, False):
+    for flag in (True, False, "auto"):
         states = seen.setdefault(flag, set())
         _run(split_path, tmp_path / f"{flag}.pt", {"epochs": 1, "deterministic": flag},
              on_step=lambda _, s=states: s.add(torch.are_deterministic_algorithms_enabled()))
         assert not torch.are_deterministic_algorithms_enabled()
-    assert seen == {True: {True}, False: {False}}
+    assert seen == {True: {True}, False: {False}, "auto": {True}}
+    with pytest.raises(LtpipeError, match="deterministic.*auto, true or false"):
+        _run(split_path, tmp_path / "bad.pt", {"deterministic": "yes"})
 
 
 def test_resume_refuses_a_checkpoint_of_another_recipe(split_path, tmp_path):

@@ -70,9 +70,12 @@ RECIPE_SETTINGS: dict[str, Setting] = {
     "compile": Setting(False, lambda v: isinstance(v, bool) or v in COMPILE_MODES,
                        f"true, false or one of {list(COMPILE_MODES)}",
                        "torch.compile (~1 min to compile at start); not with afa"),
-    "deterministic": flag(False, "deterministic algorithms: bit-identical reruns also on a "
-                                 "multi-threaded CPU (AFA needs it there) and no cuDNN "
-                                 "autotuning on GPU; a runtime setting"),
+    "deterministic": Setting("auto", lambda v: v == "auto" or isinstance(v, bool),
+                             "auto, true or false",
+                             "torch's deterministic algorithms (bit-identical reruns on a "
+                             "multi-threaded CPU: AFA needs them there; on a GPU also no cuDNN "
+                             "autotuning); auto = on for CPU training, off on a GPU; a runtime "
+                             "setting"),
     "amp": choice("bf16", ("bf16", "off"), doc="bf16 autocast on GPU (ignored on CPU)"),
     "channels_last": flag(True, "NHWC memory format for the model and inputs"),
     "checkpoint_every": number(1, 0, integer=True,

@@ -74,7 +74,8 @@ def head_half_classes(counts: Any) -> np.ndarray:
 # ---- runtime set-up -----------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _runtime(device: str | None, threads: int | None, deterministic: bool) -> Iterator[str]:
+def _runtime(device: str | None, threads: int | None,
+             deterministic: bool | str) -> Iterator[str]:
     """Pick the device and set thread count / determinism flags; restore them afterwards."""
     import torch
 
@@ -82,6 +83,8 @@ def _runtime(device: str | None, threads: int | None, deterministic: bool) -> It
     if torch.device(dev).type == "cuda" and not torch.cuda.is_available():
         raise LtpipeError(f"device {dev!r} requested but CUDA is not available; use device "
                           "'cpu' or run on a GPU node")
+    if deterministic == "auto":  # free on a CPU (only index accumulation changes), not on a GPU
+        deterministic = torch.device(dev).type == "cpu"
     old = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
     if threads:
@@ -167,8 +170,8 @@ def train_stage1(split_path: str | Path, recipe: dict, out_path: str | Path, *, 
     ``device``: None = "cuda" when available, else "cpu" (lease a GPU with
     ``ltpipe.train.device.lease_device`` first). ``threads``: torch CPU threads. ``log``: a
     file-like object or ``logging.Logger`` for per-epoch lines (default: stdout).
-    ``deterministic``: deterministic algorithms, no cudnn.benchmark (so does the recipe's
-    ``deterministic: true``). ``on_step(global_step)``
+    ``deterministic``: deterministic algorithms, no cudnn.benchmark, whatever the recipe's
+    ``deterministic`` (auto: on for CPU training). ``on_step(global_step)``
     is called after every optimizer step (progress hooks, tests).
     Raises ``TrainingInterrupted`` (exit status 75) after checkpointing on SIGTERM / SIGUSR1.
     """
@@ -180,7 +183,7 @@ def train_stage1(split_path: str | Path, recipe: dict, out_path: str | Path, *, 
     out_path, ck_path = Path(out_path), ckpt_path(out_path)
     split = read_split(split_path)
     train_data, train_classes = _training_data(split, cfg["head_half"])
-    with _runtime(device, threads, deterministic or cfg["deterministic"]) as dev:
+    with _runtime(device, threads, True if deterministic else cfg["deterministic"]) as dev:
         trainer = Stage1Trainer(train_data, split.class_counts, int(split.num_classes), cfg, dev,
                                 seed)
         ident = {"recipe": cfg, "seed": seed, "split_fingerprint": split.fingerprint,
