@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+from ltpipe.runtime import RECIPE_KEYS
 from ltpipe.utils import LtpipeError
 
 
@@ -167,12 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True)
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: lease a free GPU)")
-    t.add_argument("--deterministic", action="store_true")
+    t.add_argument("--deterministic", action="store_true",
+                   help="torch's deterministic algorithms whatever the recipe's deterministic")
     t.add_argument("--runtime-of", default=None, metavar="BACKBONE",
-                   help="add BACKBONE's speed-only recipe keys (compile, loader_workers, "
-                        "checkpoint_every, eval_batch_size) from the environment variable the "
-                        "Snakefile sets (they are not Snakemake params: changing them does not "
-                        "retrain)")
+                   help=f"add BACKBONE's speed-only recipe keys ({', '.join(RECIPE_KEYS)}) from "
+                        "the environment variable the Snakefile sets (they are not Snakemake "
+                        "params: changing them does not retrain)")
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("dump", help="write a backbone's feature cache")

@@ -43,7 +43,7 @@ class Writer:
         self._file = h5py.File(self.path, "w", libver="latest", alignment_threshold=ALIGN_FROM,
                                alignment_interval=PAGE)
         self._ds: dict[str, Any] = {}
-        self._raw: dict[str, tuple[int, int, int]] = {}  # contiguous: offset, rows, row bytes
+        self._raw: dict[str, tuple[int, int, int]] = {}  # contiguous: offset, chunk rows, row bytes
         self._fd: int | None = None  # where contiguous datasets' rows are written
 
     def _opts(self) -> dict[str, Any]:

@@ -175,8 +175,9 @@ class AFAModule(nn.Module):
         ``index_select``, not ``x[i]``: i and j repeat samples, and the backward of advanced
         indexing (``index_put_`` with accumulation) adds the repeats in a different order from
         pass to pass on a multi-threaded CPU (tested); ``index_select``'s backward does not.
-        That alone does not make a whole AFA training bit-reproducible on such a CPU: the
-        recipe key ``deterministic: true`` does (see the README)."""
+        That alone does not make a whole AFA training bit-reproducible on such a CPU; torch's
+        deterministic mode does (the recipe key ``deterministic``, on for CPU training by
+        default; see the README)."""
         i, j, y_gen = sample_pairs(y, self.gamma, self.alpha, generator)
         i, j = i.to(x_class.device), j.to(x_class.device)
         return x_class.index_select(0, i) + x_var.index_select(0, j), y_gen
