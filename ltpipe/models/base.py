@@ -28,7 +28,11 @@ class Backbone:
     two); feature_dim: channels D of the last stage's output; afa_channels: channels at the
     input of the last stage (where AFA sits); strides_before_last: the spatial stride of every
     layer before the last stage (each layer maps a side n to ceil(n / s)), used to size AFA;
-    default_input_size: the input side the family is usually trained at.
+    default_input_size: the input side the family is usually trained at. file_keys: for a
+    backbone wrapped from another library's model (``tv_zoo``), ltpipe key -> that model's key
+    for every backbone tensor (how ``init_weights`` reads its weights files);
+    file_keys_ignored: that model's keys a weights file may hold but the backbone does not use
+    (its classifier). afa_channels 0: no AFA module on this backbone.
     """
 
     stem: nn.Module
@@ -37,6 +41,8 @@ class Backbone:
     afa_channels: int
     strides_before_last: list[int] = field(default_factory=list)
     default_input_size: int = 32
+    file_keys: dict[str, str] | None = None
+    file_keys_ignored: tuple[str, ...] = ()
 
 
 class LTModel(nn.Module):
@@ -60,6 +66,8 @@ class LTModel(nn.Module):
         self.feature_dim = int(backbone.feature_dim)
         self.num_classes = int(head.weight.shape[0])
         self.spec = spec
+        self.file_keys = backbone.file_keys  # see Backbone (plain attributes, not state)
+        self.file_keys_ignored = backbone.file_keys_ignored
 
     def _before_last(self, x: torch.Tensor) -> torch.Tensor:
         """The map at the input of the last stage, before AFA."""

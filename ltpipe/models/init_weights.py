@@ -5,6 +5,9 @@ Accepted files (loaded with ``torch.load(weights_only=True)``):
 - a torchvision state dict, e.g. ImageNet weights of ResNet-50 / ResNeXt-50 / ResNet-152
   (``resnet152-394f9c45.pth``): ``conv1`` / ``bn1`` / ``layer1..4`` / ``fc`` keys, mapped to
   ltpipe's ``stem.0`` / ``stem.1`` / ``stages.0..3``; ``fc`` is dropped;
+- for the torchvision architectures of ``ltpipe.models.tv_zoo`` (ConvNeXt, ViT, Swin, ...):
+  that model's torchvision state dict (``torch.save(model.state_dict(), path)``), keys renamed by
+  the model's ``file_keys`` table; torchvision's classifier keys are dropped;
 - an ltpipe stage-one model file (``model.pt``): its backbone part;
 - either of those wrapped the way other training code saves them: ``{"state_dict": ...}``,
   ``{"model": ...}``, ``{"model_state": ...}``, with or without a ``module.`` prefix
@@ -58,9 +61,25 @@ def _ltpipe_key(key: str) -> str | None:
     return None  # fc., head., afa., anything else: not loaded
 
 
-def backbone_state(obj: Any) -> dict[str, Any]:
-    """The backbone tensors of a loaded weights file, under ltpipe's key names."""
+def backbone_state(obj: Any, model: Any = None) -> dict[str, Any]:
+    """The backbone tensors of a loaded weights file, under ltpipe's key names.
+
+    For a model wrapped from torchvision (``model.file_keys``, see ``ltpipe.models.tv_zoo``) a
+    key is renamed by that table; the torchvision classifier's keys are dropped; any other key
+    that is not an ltpipe backbone key is kept under its own name (so it is reported as not in
+    the model). Otherwise the ResNet naming rules above apply."""
     state = _unwrap(obj)
+    table = getattr(model, "file_keys", None)
+    if table:
+        by_file = {v: k for k, v in table.items()}
+        ignored = set(getattr(model, "file_keys_ignored", ()))
+        out = {}
+        for key, value in state.items():
+            key = str(key).removeprefix("module.")
+            if key in ignored or not hasattr(value, "shape"):
+                continue
+            out[by_file.get(key, key)] = value
+        return {k: v for k, v in out.items() if not k.startswith(("head.", "afa."))}
     out = {}
     for key, value in state.items():
         name = _ltpipe_key(str(key))
@@ -82,7 +101,7 @@ def load_init_weights(model: Any, path: str | Path) -> dict[str, Any]:
                           "set init_weights: null")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-        state = backbone_state(obj)
+        state = backbone_state(obj, model)
     except LtpipeError as err:
         raise LtpipeError(f"init_weights: {path} {err}") from None
     except Exception as err:  # noqa: BLE001 - any unpickling failure means an unusable file
@@ -94,15 +113,23 @@ def load_init_weights(model: Any, path: str | Path) -> dict[str, Any]:
     shapes = sorted(k for k in set(own) & set(state)
                     if tuple(own[k].shape) != tuple(state[k].shape))
     if missing or extra or shapes:
-        listed = [(missing, "missing", str), (extra, "not in the model", str),
+        table = getattr(model, "file_keys", None) or {}
+        named = table.get  # a key as the file names it (torchvision's name where wrapped)
+        listed = [(missing, "missing", lambda k: named(k, k)), (extra, "not in the model", str),
                   (shapes, "of another shape",
-                   lambda k: f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}")]
+                   lambda k: f"{named(k, k)} {tuple(state[k].shape)} vs "
+                             f"{tuple(own[k].shape)}")]
         parts = [f"{len(keys)} tensor(s) {label}: {', '.join(map(show, keys[:4]))}"
                  + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
                  for keys, label, show in listed if keys]
+        kwargs = model.spec.get("kwargs") or {}
         raise LtpipeError(f"init_weights: {path} does not fit backbone {model.spec['name']!r} "
-                          f"(in_channels {model.spec['in_channels']}): " + "; ".join(parts)
-                          + "; give weights of the same architecture, or set init_weights: null")
+                          f"(in_channels {model.spec['in_channels']}, architecture_kwargs "
+                          f"{kwargs}): " + "; ".join(parts)
+                          + "; give a state dict of the same architecture and settings (e.g. "
+                          "torch.save(torchvision.models." + str(model.spec["name"])
+                          + "().state_dict(), path) for torchvision's), fix architecture / "
+                          "architecture_kwargs to match the file, or set init_weights: null")
     with torch.no_grad():
         for key, tensor in own.items():
             tensor.copy_(state[key].to(dtype=tensor.dtype))

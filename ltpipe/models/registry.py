@@ -105,6 +105,9 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, head: str = "
     backbone = ctor(in_channels=in_channels, **ctor_kwargs)
     afa_cfg = None
     afa_module = None
+    if afa is not None and not backbone.afa_channels:
+        raise LtpipeError(f"model {name!r} takes no AFA module (its last stage does not read a "
+                          "convolutional map); set afa: null or use a ResNet")
     if afa is not None:
         afa_cfg = normalize_afa_config(afa)
         input_size = kwargs.get("input_size", backbone.default_input_size)
