@@ -3,13 +3,13 @@
 ``build_model(name, num_classes, ...)`` builds any registered backbone (``model_names()``):
 CIFAR ResNets ``resnet8`` / ``resnet20`` / ``resnet32``, torchvision's ``resnet10`` /
 ``resnet18`` / ``resnet34`` / ``resnet50`` / ``resnext50_32x4d`` / ``resnet152``, and the CIFAR
-forms ``resnet18_cifar`` / ``resnet34_cifar``; and torchvision's ConvNeXt, ViT, Swin, EfficientNet,
-RegNet, DenseNet, MobileNetV2 and further ResNets under their torchvision names (``tv_zoo``). ``model_from_spec(model.spec)`` rebuilds one;
-``init_weights.load_init_weights`` starts a backbone from a weights file.
+forms ``resnet18_cifar`` / ``resnet34_cifar``; torchvision's ConvNeXt, ViT, Swin, EfficientNet,
+RegNet, DenseNet, MobileNetV2 and further ResNets under their torchvision names (``tv_zoo``).
+``model_from_spec(model.spec)`` rebuilds one; ``init_weights.load_init_weights`` starts a
+backbone from a weights file.
 """
 
-from ltpipe.models import cifar_resnet, tv_resnet  # noqa: F401  (registers the backbones)
-from ltpipe.models import tv_zoo  # noqa: F401  (torchvision architectures by name)
+from ltpipe.models import cifar_resnet, tv_resnet, tv_zoo  # noqa: F401  (registers the backbones)
 from ltpipe.models.afa import AFAModule, lbls_loss
 from ltpipe.models.base import Backbone, LTModel
 from ltpipe.models.heads import CosineHead, LinearHead

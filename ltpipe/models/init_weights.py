@@ -115,6 +115,7 @@ def load_init_weights(model: Any, path: str | Path) -> dict[str, Any]:
     if missing or extra or shapes:
         table = getattr(model, "file_keys", None) or {}
         named = table.get  # a key as the file names it (torchvision's name where wrapped)
+        missing, shapes = (sorted(keys, key=lambda k: named(k, k)) for keys in (missing, shapes))
         listed = [(missing, "missing", lambda k: named(k, k)), (extra, "not in the model", str),
                   (shapes, "of another shape",
                    lambda k: f"{named(k, k)} {tuple(state[k].shape)} vs "

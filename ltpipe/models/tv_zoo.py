@@ -220,7 +220,7 @@ def _ctor(family: str, tv_name: str, in_channels: int = 3, **overrides: Any) -> 
     overrides = {k: v for k, v in overrides.items() if v is not None}
     try:
         net = _build_net(family, tv_name, dict(overrides))
-    except (TypeError, ValueError, RuntimeError) as err:
+    except (TypeError, ValueError, RuntimeError, AssertionError) as err:
         raise LtpipeError(f"{tv_name}: torchvision refused architecture_kwargs {overrides} "
                           f"({type(err).__name__}: {err}); fix architecture_kwargs") from None
     stem, stages, feature_dim = _split(family, net)

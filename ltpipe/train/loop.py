@@ -69,12 +69,16 @@ class Stage1Trainer:
             from ltpipe.models.init_weights import load_init_weights
 
             self.init_weights = load_init_weights(self.model, recipe["init_weights"])
+        if recipe["frozen"]:  # only the head learns; the backbone keeps the file's weights
+            for name, param in self.model.named_parameters():
+                param.requires_grad_(name.startswith("head."))
         self.memory_format = (torch.channels_last if recipe["channels_last"]
                               else torch.contiguous_format)
         self.model.to(self.device, memory_format=self.memory_format)
         self.loss = build_loss(recipe["loss"], class_counts, **recipe["loss_settings"])
         self.loss.to(self.device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=recipe["lr"],
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(trained, lr=recipe["lr"],
                                          momentum=recipe["momentum"], nesterov=recipe["nesterov"],
                                          weight_decay=recipe["weight_decay"],
                                          fused=True if self.on_gpu else None)
@@ -163,7 +167,9 @@ class Stage1Trainer:
         ``StopRequested`` (after checking the losses so far are finite), leaving the trainer in
         a state ``state_dict`` can save. ``on_step(global_step)`` runs after every step.
         """
-        self.model.train()
+        # frozen: eval mode throughout (BatchNorm statistics and dropout of the backbone stay
+        # as in the file; the head has neither)
+        self.model.train(not self.cfg["frozen"])
         data_gen, mix_gen = self._epoch_generators(epoch)
         n_steps = self.steps_per_epoch
         lams, perms = draw_mixup(self.cfg["mixup_alpha"], n_steps, self.batches.batch_size,

@@ -63,6 +63,9 @@ RECIPE_SETTINGS: dict[str, Setting] = {
     "init_weights": Setting(None, lambda v: v is None or (isinstance(v, str) and bool(v.strip())),
                             "null or the path of a weights file",
                             "torchvision ImageNet weights of the architecture, or a model.pt"),
+    "frozen": flag(False, "keep the init_weights backbone fixed (eval mode, no gradient): only "
+                          "the head is trained, for `epochs` epochs, with this recipe's loss and "
+                          "SGD (a linear probe); needs init_weights"),
     "afa": Setting(None, lambda v: v is None or isinstance(v, dict),
                    f"None or a dict with keys {sorted(AFA_KEYS)}",
                    "AFA module + LBLS loss: {gamma, alpha, t (epoch), lam}"),
@@ -126,6 +129,13 @@ def normalize_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     if cfg["warmup_epochs"] > cfg["epochs"]:
         raise _fail("warmup_epochs", cfg["warmup_epochs"], f"at most epochs={cfg['epochs']}")
     cfg["afa"] = _normalize_afa(cfg["afa"])
+    if cfg["frozen"] and cfg["init_weights"] is None:
+        raise LtpipeError("stage-one recipe: frozen: true keeps the backbone's starting weights, "
+                          "so it needs init_weights (the path of a weights file); give "
+                          "init_weights or set frozen: false")
+    if cfg["frozen"] and cfg["afa"] is not None:
+        raise LtpipeError("stage-one recipe: frozen cannot be combined with afa (the AFA module "
+                          "sits inside the backbone and would stay untrained); set afa: null")
     if cfg["afa"] is not None and cfg["mixup_alpha"] > 0:
         raise LtpipeError("stage-one recipe: afa and mixup_alpha > 0 cannot be combined (AFA "
                           "generates its own samples); set mixup_alpha: 0 or afa: null")

@@ -206,6 +206,8 @@ def train_stage1(split_path: str | Path, recipe: dict, out_path: str | Path, *, 
             emit(f"stage1: backbone starts from {trainer.init_weights['path']} "
                  f"({trainer.init_weights['tensors']} tensors, sha256 "
                  f"{trainer.init_weights['sha256'][:12]})")
+        if cfg["frozen"]:
+            emit("stage1: frozen backbone: only the head is trained")
         emit(f"stage1: {cfg['architecture']} {cfg['loss']} on {len(train_data.labels)} images, "
              f"{trainer.steps_per_epoch} steps/epoch, {cfg['epochs']} epochs, device {dev}")
         with _stop_on_signals() as should_stop:
