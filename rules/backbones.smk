@@ -5,6 +5,8 @@
 rule train:
     input:
         split=PATHS.pattern("split"),
+        # the recipe's init_weights file: a changed or missing file is seen at DAG build
+        weights=lambda wc: [p for p in [config["backbones"][wc.backbone].get("init_weights")] if p],
     output:
         model=PATHS.pattern("model"),
     params:

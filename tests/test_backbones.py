@@ -281,3 +281,57 @@ def test_frozen_needs_a_weights_file_and_no_afa():
         normalize_recipe({"frozen": True, "init_weights": "w.pth", "afa": {}})
     with pytest.raises(LtpipeError, match="'frozen' = 'yes' is invalid"):
         normalize_recipe({"frozen": "yes"})
+
+
+# ---- end to end: the real Snakemake on digits ---------------------------------------------
+
+@pytest.mark.slow
+def test_frozen_torchvision_backbone_end_to_end_with_snakemake(tmp_path):
+    """digits -> a frozen tiny ViT (weights file written here) -> cache with a 4x4 patch grid
+    -> joint (the linear probe), cRT, NCM and FSA on that cache, through the real Snakemake."""
+    import csv
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from ltpipe.cache.reader import open_cache
+
+    root = Path(__file__).resolve().parent.parent
+    file_state = _digits_vit_file(tmp_path / "vit.pth")
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    cfg["datasets"]["digits"]["imbalance_factors"] = [10]
+    cfg["backbones"] = {"vit": {
+        "architecture": "vit_b_16", "architecture_kwargs": DIGITS_VIT, "frozen": True,
+        "init_weights": str(tmp_path / "vit.pth"), "head": "linear", "loss": "ce", "epochs": 2,
+        "batch_size": 64, "lr": 0.05, "schedule": "cosine", "warmup_epochs": 0,
+        "augment": "crop", "seeds": [0]}}
+    cfg["classifiers"] = {
+        "joint": {"method": "joint", "backbones": ["vit"]},
+        "crt": {"method": "crt", "backbones": ["vit"], "settings": {"batch_size": 64}},
+        "ncm": {"method": "ncm", "backbones": ["vit"]},
+        "fsa": {"method": "fsa", "backbones": ["vit"], "settings": {"iterations": 50}},
+    }
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-d", str(work),
+         "--configfile", str(work / "config.yaml"), "--cores", "2"],
+        capture_output=True, text=True, timeout=1500, env=dict(os.environ, PYTHONPATH=str(root)))
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    with open(work / "results" / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["method"] for r in rows} == {"joint", "crt", "ncm", "fsa"}
+    assert all(0.0 <= float(r["all"]) <= 100.0 for r in rows)
+    model_pt = next((work / "results").rglob("model.pt"))
+    model_state = torch.load(model_pt, weights_only=True)["model_state"]
+    from ltpipe.models.modelfile import load_checkpoint
+
+    model, _ = load_checkpoint(model_pt)
+    assert all(torch.equal(model_state[k], file_state[v]) for k, v in model.file_keys.items())
+    cache = open_cache(next((work / "results").rglob("cache.zarr")))
+    assert cache.shape("train", "fmap")[1:] == (16, 4, 4)  # the 8x8 digits in 2x2 patches
+    assert cache.shape("train", "cam")[1:] == (4, 4)
