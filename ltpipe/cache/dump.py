@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltpipe.provenance import code_version, library_versions
+from ltpipe.provenance import code_version, host_info, library_versions
 from ltpipe.utils import sha256_file
 
 
@@ -68,6 +68,8 @@ def dump_cache(split_path: str | Path, model_path: str | Path, out_path: str | P
         "dump_settings": dict(settings),
         "code": code_version(),
         "versions": library_versions(),
+        "host": host_info(device),  # this dump's machine; train_host: the backbone's
+        "train_host": meta.get("host"),
         "parts": parts,
     }
     with CacheWriter(out_path, backend=settings.get("backend", "zarr"),
