@@ -25,7 +25,7 @@ from ltpipe.utils import atomic_path, read_json
 
 COLUMNS = ["dataset", "imbalance_factor", "split_seed", "seed", "backbone", "classifier",
            "method", "point", "params", "all", "many", "medium", "few", "val_all",
-           "chosen_on_val", "code", "host", "train_host"]
+           "chosen_on_val", "code", "host", "train_host", "predictions"]
 METRICS = ("all", "many", "medium", "few")
 GROUP_KEYS = ("dataset", "imbalance_factor", "backbone", "classifier", "method", "point")
 
@@ -53,6 +53,9 @@ def rows_from_metrics(paths: list[str | Path]) -> list[dict]:
         row["_predictions"] = prediction_digest(Path(path).with_name("logits.npz"))
         prov = m.get("provenance", {})
         row["code"] = code_label(prov.get("code"))
+        # 16 hex digits of prediction_digest: rows with equal values predicted the same class
+        # for every test image (ltpipe compare's "identical")
+        row["predictions"] = (row["_predictions"] or "")[:16]
         row["host"] = host_label(prov.get("host"))
         row["train_host"] = "+".join(dict.fromkeys(host_label(c.get("train_host"))
                                                    for c in prov.get("caches", [])))
