@@ -64,6 +64,29 @@ def _compare_runs(args: argparse.Namespace) -> int:
     return 1 if args.check and bad else 0
 
 
+def _docs_tables(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ltpipe.report import doctables
+
+    root = Path(args.root)
+    if args.action == "record":
+        if args.results is None or args.name is None or not args.command:
+            raise SystemExit("docs-tables record: give RESULTS NAME and at least one --command "
+                             "(the command that made the run, as a reader would type it)")
+        out = doctables.record(args.results, args.name, args.command, root, args.config)
+        print(f"docs-tables: recorded {args.results} as {out}")
+        return 0
+    stale = doctables.update(root, check=args.check)
+    for line in stale:
+        print(f"docs-tables: {'stale' if args.check else 'updated'}: {line}")
+    if args.check and stale:
+        print("docs-tables: run `python -m ltpipe docs-tables update` and commit the pages")
+        return 1
+    print(f"docs-tables: {len(stale)} block(s) {'stale' if args.check else 'updated'}")
+    return 0
+
+
 def add_subcommands(subparsers) -> None:
     """Add ``plot`` (perclass | sweep | wnorm | confusion | tsne), ``compare`` and
     ``compare-runs``."""
@@ -126,3 +149,20 @@ def add_subcommands(subparsers) -> None:
     r.add_argument("--check", action="store_true",
                    help="exit 1 when a row is different or on one side only")
     r.set_defaults(func=_compare_runs)
+
+    from ltpipe.report.doctables import ROOT
+
+    d = subparsers.add_parser(
+        "docs-tables", help="record a run for the docs; fill the docs' tables from recorded runs",
+        description="record RESULTS NAME --command CMD: copy a finished run's report files and "
+                    "its stamp into docs/runs/NAME. update [--check]: regenerate every "
+                    "<!-- ltpipe-table --> block of README.md and docs/*.md from its run.")
+    d.add_argument("action", choices=["record", "update"])
+    d.add_argument("results", nargs="?", help="record: the run's results folder")
+    d.add_argument("name", nargs="?", help="record: the recorded run's name")
+    d.add_argument("--command", action="append", default=[],
+                   help="record: a command that made the run (repeat for several)")
+    d.add_argument("--config", default=None, help="record: the config file the run used")
+    d.add_argument("--check", action="store_true", help="update: change nothing, exit 1 if stale")
+    d.add_argument("--root", default=str(ROOT), help="the repository (default: %(default)s)")
+    d.set_defaults(func=_docs_tables)
