@@ -98,7 +98,7 @@ def test_method_inputs_are_the_papers():
                 assert bb[entry["backbones"][0]].get("head_half") is True, name
             if clf == "afa_crt":
                 assert entry["method"] == "crt" and bb[entry["backbones"][0]].get("afa"), name
-    # KPS max_m per data set (methods.md section 3): 0.2 CIFAR-10, 0.5 CIFAR-100, 0.35 ImageNet.
+    # KPS max_m per data set (docs/methods.md#kps): 0.2 CIFAR-10, 0.5 CIFAR-100, 0.35 ImageNet.
     assert load("cifar10_lt")["backbones"]["kps_mixup"]["loss_settings"]["max_m"] == 0.2
     assert load("cifar100_lt")["backbones"]["kps_mixup"]["loss_settings"]["max_m"] == 0.5
     assert load("imagenet_lt")["backbones"]["kps_mixup_r50"]["loss_settings"]["max_m"] == 0.35

@@ -5,7 +5,7 @@ subprocess and delivers real signals from outside. To kill a job at an exact poi
 ``sitecustomize`` module written into a temporary folder on the subprocess's PYTHONPATH wraps one
 ltpipe function and, when an environment variable asks for it, writes a marker file and waits: the
 test sees the marker and sends the signal. Nothing in ltpipe is changed; the hook is inert unless
-its variable is set. RELIABILITY.md at the repository root summarises what these tests saw.
+its variable is set. docs/reliability.md summarises what these tests saw.
 """
 
 from __future__ import annotations

@@ -193,7 +193,7 @@ def test_published_file_parses_and_every_entry_has_a_source():
     for e in entries:
         assert e["paper"] and e["table"] and e["setting"], e
     by = {(e["label"], e["dataset"], e["imbalance_factor"]): e["top1"] for e in entries}
-    # spot checks against methods.md section 6
+    # spot checks against docs/methods.md#published-numbers
     assert by[("FFN", "cifar100", "100")] == 47.51
     assert by[("CE", "cifar100", "200")] == 34.84
     assert by[("KPS", "cifar10", "50")] == 83.91
