@@ -205,6 +205,7 @@ def independent_plan(cfg: dict) -> dict:
     return {"splits": splits, "trains": trains, "classify": classify}
 
 
+@pytest.mark.slow  # subprocesses: the slow tier (docs/testing.md)
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_dry_run_job_counts(name, dry_runs):
     counts = planned_jobs(dry_runs[name])
@@ -216,6 +217,7 @@ def test_dry_run_job_counts(name, dry_runs):
                    sum(plan["classify"].values()))
 
 
+@pytest.mark.slow  # subprocesses: the slow tier (docs/testing.md)
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_dry_run_jobs_are_the_right_ones(name, dry_runs):
     cfg = load(name)

@@ -28,6 +28,9 @@ import yaml
 from test_workflow import planned_jobs
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Every test here runs Snakemake or trains in a subprocess: the slow tier (docs/testing.md).
+pytestmark = pytest.mark.slow
 PY = sys.executable
 # 8x8 digits, 585 training images, batch 32 -> 18 steps per epoch; 3 epochs = 54 steps.
 RECIPE = {"architecture": "resnet8", "architecture_kwargs": {"widths": [8, 8, 16]}, "epochs": 3,
