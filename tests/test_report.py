@@ -156,6 +156,7 @@ def test_confusion_known_answer(toy):
 
 
 # -------------------------------------------------------------------------------- the PNGs
+@pytest.mark.slow  # 16 s in the fast-tier run of docs/testing.md
 def test_every_plot_is_a_sensible_png(toy, tmp_path):
     m, c = toy["metrics"], toy["caches"]
     plots.plot_per_class(m, tmp_path / "perclass.png")
