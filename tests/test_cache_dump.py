@@ -241,6 +241,7 @@ def test_classify_memory_request_follows_the_cache(trained, tmp_path):
         mem.FSA_CHUNK_FACTOR * mem.FSA_CHUNK_BYTES
 
 
+@pytest.mark.slow  # subprocesses: 15 s in the fast-tier run of docs/testing.md
 def test_closed_form_jobs_never_import_torch(trained, tmp_path):
     """joint, tau_norm, ncm and logit_adjust jobs run in numpy: torch (~3 s of a job's start)
     is never imported, and a trained method's job still does."""

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +61,7 @@ def test_setup_refuses_bad_arguments_and_pythons(tmp_path):
     assert not (tmp_path / ".venv").exists()
 
 
+@pytest.mark.slow  # subprocesses: the slow tier (docs/testing.md)
 def test_jobs_use_the_python_that_runs_snakemake(tmp_path):
     """Snakemake started by absolute path with a PATH that has no `python` at all: the split
     jobs (`python -m ltpipe split ...`) still run, with this interpreter."""

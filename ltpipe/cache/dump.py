@@ -3,8 +3,8 @@
 Per part of the split (train, val where present, test) the cache holds: ``pooled`` [N, D]
 float32, ``fmap`` [N, D, H, W] (float16 or float32), ``logits`` [N, C] float32 (the stage-one
 head's output times the loss scale), ``labels``, ``ids`` and ``cam`` [N, H, W] float32 (the
-sample's own-class activation map, min-max normalised; methods.md FSA). Group ``head`` holds the
-stage-one head's ``weight`` (and ``bias`` for a linear head); group ``meta`` holds
+sample's own-class activation map, min-max normalised; docs/methods.md#fsa). Group ``head``
+holds the stage-one head's ``weight`` (and ``bias`` for a linear head); group ``meta`` holds
 ``class_counts`` and ``shot_groups``.
 """
 
