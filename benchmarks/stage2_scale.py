@@ -19,12 +19,13 @@ classify rule calls), and the job's seconds split into start / read / compute.
 
 ``fanout``: a sample of the CIFAR-100-LT preset's classify jobs (``--every``) on the CIFAR-size
 cache, ``--cores`` at a time, each a
-fresh process as Snakemake starts them, once with the code under ``--before`` (a checkout,
-default /work/main) and once with this checkout; prints wall time against the sum of the jobs'
+fresh process as Snakemake starts them, once with the code of ``--before`` (a git revision of
+this repository, exported into the work directory, or the path of another checkout) and once with
+this checkout; prints wall time against the sum of the jobs'
 useful work (reading their arrays + computing, from their metrics.json) side by side.
 
     PYTHONPATH=. python benchmarks/stage2_scale.py memory --work /tmp/s2s
-    PYTHONPATH=. python benchmarks/stage2_scale.py fanout --work /tmp/s2s --every 4
+    PYTHONPATH=. python benchmarks/stage2_scale.py fanout --work /tmp/s2s --every 4 --before HEAD~1
 """
 
 from __future__ import annotations
@@ -237,13 +238,33 @@ def run_fan(code: Path, split: Path, cache: Path, jobs: list, work: Path, cores:
             "per_job": per, "n": len(res)}
 
 
+def before_code(spec: str, work: Path) -> Path:
+    """The code to compare with: an existing directory as given, else a git revision of this
+    repository exported (``git archive``) into ``work/before-<commit>``."""
+    if Path(spec).is_dir():
+        return Path(spec).resolve()
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet",
+                          f"{spec}^{{commit}}"], capture_output=True, text=True)
+    if rev.returncode != 0:
+        raise SystemExit(f"stage2_scale: --before {spec!r} is neither a directory nor a git "
+                         f"revision of {ROOT}; give a commit (e.g. HEAD~1) or a checkout's path")
+    commit = rev.stdout.strip()
+    dest = work / f"before-{commit[:12]}"
+    if not (dest / "ltpipe").is_dir():
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
 def cmd_fanout(args: argparse.Namespace) -> None:
     split, cache = prepare(Path(args.work), "cifar", 1.0, args)
     jobs = fan_jobs(args.every)
     print(f"{len(jobs)} jobs: " + ", ".join(f"{m} x{sum(j[0] == m for j in jobs)}"
                                            for m in sorted({j[0] for j in jobs})), flush=True)
     totals: dict[str, list] = {"before": [], "after": []}
-    order = [("before", Path(args.before)), ("after", ROOT)]
+    order = [("before", before_code(args.before, Path(args.work))), ("after", ROOT)]
     for rnd in range(args.rounds):  # alternate the order: the machine's load drifts
         for label, code in (order if rnd % 2 == 0 else order[::-1]):
             r = run_fan(code, split, cache, jobs, Path(args.work) / f"fan_{label}", args.cores)
@@ -287,7 +308,10 @@ def main(argv: list[str] | None = None) -> None:
                                        help="every n-th sweep point of each preset entry")
     sub.choices["fanout"].add_argument("--cores", type=int, default=2)
     sub.choices["fanout"].add_argument("--rounds", type=int, default=2)
-    sub.choices["fanout"].add_argument("--before", default="/work/main")
+    sub.choices["fanout"].add_argument(
+        "--before", required=True,
+        help="the code to compare with: a git revision of this repository (e.g. HEAD~1) or the "
+             "path of another checkout")
     args = ap.parse_args(argv)
     args.work = str(Path(args.work).resolve())
     try:

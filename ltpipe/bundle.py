@@ -14,6 +14,7 @@ machine, editing a stage-one recipe is not noticed for the unpacked backbones; f
 
 from __future__ import annotations
 
+import copy
 import os
 import tarfile
 from pathlib import Path, PurePosixPath
@@ -65,15 +66,36 @@ def pack(results: str | Path, archive: str | Path) -> dict:
     return index
 
 
-def _safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+#: tarfile's "data" extraction filter (Python 3.11.4+, 3.10.12+); older Pythons get the same
+#: refusals from :func:`_safe_members` and the same attribute clean-up from :func:`_as_data`
+_HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
+
+
+def _safe_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
+    """Every member, refusing the archive when one is not a plain file or folder at a relative
+    path that stays inside ``dest`` once links already on disk are followed (absolute paths,
+    ``..``, symbolic and hard links, devices, FIFOs)."""
+    root = os.path.realpath(dest)
     members = []
     for m in tar.getmembers():
         p = PurePosixPath(m.name)
-        if p.is_absolute() or ".." in p.parts or not (m.isfile() or m.isdir()):
-            raise LtpipeError(f"bundle member {m.name!r} is not a plain relative path; refusing "
-                              "to unpack this archive")
+        inside = os.path.realpath(os.path.join(root, *p.parts)) if p.parts else root
+        if (p.is_absolute() or ".." in p.parts or not (m.isfile() or m.isdir())
+                or os.path.commonpath([root, inside]) != root):
+            raise LtpipeError(f"bundle member {m.name!r} is not a plain file or folder at a "
+                              "relative path inside the results directory; refusing to unpack "
+                              "this archive (make a new one with `ltpipe bundle pack`)")
         members.append(m)
     return members
+
+
+def _as_data(m: tarfile.TarInfo) -> tarfile.TarInfo:
+    """A copy of ``m`` with what the "data" filter drops on Pythons without it: owner (so root
+    does not chown to the archive's ids), setuid/setgid/sticky bits and group/other write."""
+    m = copy.copy(m)
+    m.uid, m.gid, m.uname, m.gname = os.getuid(), os.getgid(), "", ""
+    m.mode &= 0o755
+    return m
 
 
 def unpack(archive: str | Path, results: str | Path, force: bool = False) -> int:
@@ -86,7 +108,7 @@ def unpack(archive: str | Path, results: str | Path, force: bool = False) -> int
     if not Path(archive).is_file():
         raise LtpipeError(f"bundle {archive} not found; make one with `ltpipe bundle pack`")
     with tarfile.open(archive) as tar:
-        members = _safe_members(tar)
+        members = _safe_members(tar, results)
         try:
             index = read_json_member(tar, INDEX)
         except KeyError:
@@ -104,7 +126,10 @@ def unpack(archive: str | Path, results: str | Path, force: bool = False) -> int
                                       "it away or unpack with --force")
             todo.append(m)
         results.mkdir(parents=True, exist_ok=True)
-        tar.extractall(results, members=todo, filter="data")
+        if _HAS_DATA_FILTER:
+            tar.extractall(results, members=todo, filter="data")
+        else:
+            tar.extractall(results, members=[_as_data(m) for m in todo])
     bad = [name for name, digest in index["files"].items()
            if sha256_file(results / name) != digest]
     if bad:

@@ -113,3 +113,99 @@ def _library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+#: environment variables that change which CPU kernels or how many threads torch and numpy use
+HOST_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+            "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "CUBLAS_WORKSPACE_CONFIG")
+
+
+@functools.cache
+def cpu_model() -> dict[str, str]:
+    """The processor: ``name`` (its model name) and, on x86 Linux, ``id`` ("family/model/stepping",
+    which tells processors apart where virtual machines show a generic name) and ``flags_sha``
+    (12 hex digits over its feature flags: the instructions kernels may pick). From
+    ``/proc/cpuinfo``; ``platform.processor()`` elsewhere."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), " ".join(value.split()))
+    except OSError:
+        pass
+    name = next((fields[k] for k in ("model name", "Model", "Hardware", "cpu model")
+                 if fields.get(k)), "") or platform.processor() or platform.machine() or "unknown"
+    out = {"name": name}
+    if all(k in fields for k in ("cpu family", "model", "stepping")):
+        out["id"] = f"{fields['cpu family']}/{fields['model']}/{fields['stepping']}"
+    if fields.get("flags"):
+        flags = " ".join(sorted(fields["flags"].split()))
+        out["flags_sha"] = hashlib.sha256(flags.encode()).hexdigest()[:12]
+    return out
+
+
+def host_info(device: object = None) -> dict[str, object]:
+    """The machine that computed an artifact: what makes float results differ between machines.
+
+    Always: ``machine`` (architecture), ``cpu`` (:func:`cpu_model`), ``cpus``, ``os``, and
+    ``env`` (the :data:`HOST_ENV` variables that are set). Where the process has imported torch
+    (never imported here): ``torch_cpu_capability`` (the kernel family torch dispatches to: another
+    processor kind, or ``ATEN_CPU_CAPABILITY``, gives other bits), ``torch_threads``,
+    ``deterministic`` (``torch.are_deterministic_algorithms_enabled()``), and when ``device`` is
+    a CUDA device, ``gpu``: model, compute capability, driver, CUDA and cuDNN versions, and
+    cuDNN's determinism and benchmark flags.
+    """
+    import sys
+
+    info: dict[str, object] = {
+        "machine": platform.machine(), "cpu": dict(cpu_model()), "cpus": os.cpu_count(),
+        "os": platform.platform(terse=True),
+        "env": {k: os.environ[k] for k in HOST_ENV if k in os.environ},
+    }
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return info
+    info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    info["torch_threads"] = torch.get_num_threads()
+    info["deterministic"] = bool(torch.are_deterministic_algorithms_enabled())
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        try:
+            driver = torch._C._cuda_getDriverVersion()  # e.g. 12040 for 12.4
+            driver = f"{driver // 1000}.{driver % 1000 // 10}"
+        except (AttributeError, RuntimeError):
+            driver = None
+        info["gpu"] = {"name": props.name, "capability": f"{props.major}.{props.minor}",
+                       "memory_gb": round(props.total_memory / 2**30, 1), "driver": driver,
+                       "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+                       "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+                       "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
+    return info
+
+
+_CPU_NOISE = ("(R)", "(TM)", "(tm)", " CPU", " Processor", " with Radeon Graphics")
+
+
+def host_label(host: dict | None) -> str:
+    """Short text for a :func:`host_info` record (a ``summary.csv`` column): the GPU's model where
+    one ran, else the processor's model, its family/model/stepping and torch's CPU capability,
+    e.g. ``Intel Xeon Platinum 8375C @ 2.90GHz 6/106/6/avx512``; "" for artifacts written before
+    ltpipe recorded the host. Artifacts with different labels came from different kinds of
+    machine (the reverse holds only as far as these fields tell)."""
+    if not host:
+        return ""
+    gpu = host.get("gpu")
+    if gpu:
+        return f"{gpu.get('name', 'gpu')}/cuda{gpu.get('cuda')}"
+    cpu_rec = host.get("cpu") or {}
+    cpu = str(cpu_rec.get("name", ""))
+    for noise in _CPU_NOISE:
+        cpu = cpu.replace(noise, "")
+    cpu = " ".join(cpu.split() + ([cpu_rec["id"]] if cpu_rec.get("id") else []))
+    cap = host.get("torch_cpu_capability")
+    return f"{cpu}/{cap.lower()}" if cap else cpu

@@ -197,28 +197,37 @@ def _int_or_none(value) -> int | None:
         return None  # e.g. '<TBD>': a resource known only once the job's input exists
 
 
+#: the Slurm executor plugin releases whose CPU and GPU arithmetic request_of calls, and whose
+#: sbatch command lines tests/test_slurm_fit.py checks it against (pyproject.toml pins the same)
+PLUGIN_TESTED = ">=2.8,<2.9"
+
+
 def request_of(job) -> Request:
     """The request the Slurm executor plugin will send for a Snakemake job or group job.
 
-    CPUs as the plugin computes them (``cpus_per_task``, else ``cpus_per_gpu`` x GPUs, else the
-    job's threads; a group's threads are its ``_cores``), memory from ``mem_mb`` (or
-    ``mem_mb_per_cpu`` x CPUs), GPUs from ``gpu`` or a ``gres`` naming gpu, and ``runtime``.
+    CPUs and GPUs by the functions the plugin builds its sbatch line with (the jobstep
+    plugin's ``get_cpu_setting``: ``cpus_per_task``, else ``cpus_per_gpu`` per GPU, else the
+    job's threads; ``parse_gpu_requirements``: ``gpu`` and ``gpu_model``, or a ``gres`` naming
+    gpu), memory as that line asks it (``mem_mb_per_cpu`` x CPUs, else ``mem_mb``), and
+    ``runtime``. tests/test_slurm_fit.py checks the result against the plugin's own sbatch
+    command line (:data:`PLUGIN_TESTED`).
     """
-    res = job.resources
-    get = res.get
-    gpus = _int_or_none(get("gpu")) or 0
-    model = get("gpu_model") or None
+    from snakemake_executor_plugin_slurm.partitions import parse_gpu_requirements
+    from snakemake_executor_plugin_slurm_jobstep import get_cpu_setting
+
+    get = job.resources.get
+    try:
+        gpus, model = parse_gpu_requirements(job)
+    except ValueError:  # a gres such as gpu:a100 (no count): Slurm reads one
+        gpus, model = 0, None
     gres = str(get("gres") or "")
     if not gpus and "gpu" in gres:
         parsed = parse_gres(gres)
         gpus = sum(n for _, n in parsed) or 1
         model = next((m for m, _ in parsed if m), model)
-    if _int_or_none(get("cpus_per_task")) is not None:
-        cpus = max(1, int(get("cpus_per_task")))
-    elif gpus and _int_or_none(get("cpus_per_gpu")):
-        cpus = int(get("cpus_per_gpu")) * gpus
-    else:
-        cpus = max(1, _int_or_none(job.threads) or 1)
+    setting = get_cpu_setting(job, bool(gpus))  # "--cpus-per-task=N", "--cpus-per-gpu=N", ""
+    count = int(setting.rpartition("=")[2]) if setting else 1
+    cpus = max(1, count * gpus if "per-gpu" in setting else count)
     mem = _int_or_none(get("mem_mb"))
     per_cpu = _int_or_none(get("mem_mb_per_cpu"))
     if per_cpu:
@@ -365,10 +374,9 @@ def profile_hint(argv: list[str]) -> str:
 def submissions(workflow) -> list:
     """The jobs (group jobs counted once) that Snakemake will submit: non-local needrun jobs."""
     dag = workflow.dag
-    groups = getattr(dag, "_group", {})  # job -> its group job once grouping is done
     seen, out = set(), []
     for job in dag.needrun_jobs():
-        job = groups.get(job, job)
+        job = dag.get_job_group(job) or job  # a grouped job is submitted as its group
         if job in seen or (not job.is_group() and job.is_local):
             continue
         seen.add(job)

@@ -221,6 +221,7 @@ def test_bad_setting_refused_before_any_job(tmp_path, capsys, name):
 SUBPROCESS_CASES = ["yaml_syntax", "dataset_unknown_key", "repeated_sweep", "loss_setting_typo"]
 
 
+@pytest.mark.slow  # subprocesses: the slow tier (docs/testing.md)
 def test_bad_configs_refused_by_the_ltpipe_command(tmp_path):
     """The same through ``python -m ltpipe check-config`` subprocesses (a few of them)."""
     paths = [_write(tmp_path, name, CONFIGS[name][0]) for name in SUBPROCESS_CASES]
@@ -237,6 +238,7 @@ SNAKEMAKE_CASES = ["duplicate_classifier", "imbalance_below_one", "ffn_weight_ne
                    "h2t_rho_out_of_range"]
 
 
+@pytest.mark.slow  # subprocesses: the slow tier (docs/testing.md)
 def test_bad_configs_stop_snakemake_before_any_job(tmp_path):
     """A real (not dry) Snakemake run on each config: refused, nothing run, message shown."""
     def one(name: str) -> tuple[Path, subprocess.CompletedProcess]:
@@ -280,6 +282,7 @@ LIST_CASES = {  # id -> (train list lines or raw bytes, fragments of the message
 }
 
 
+@pytest.mark.slow  # subprocesses: the slow tier (docs/testing.md)
 def test_bad_list_files_refused_at_split(tmp_path):
     def one(name):
         lists = _lists(tmp_path / name, LIST_CASES[name][0])
@@ -339,6 +342,7 @@ def corrupt_image_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProce
                            "--out", str(tmp_path / "model.pt")])
 
 
+@pytest.mark.slow  # subprocesses: the slow tier (docs/testing.md)
 def test_corrupt_image_refused_at_training(corrupt_image_run):
     """The train job (first decode) fails with status 2; the last line names the file."""
     tmp_path, proc = corrupt_image_run
@@ -349,6 +353,7 @@ def test_corrupt_image_refused_at_training(corrupt_image_run):
     assert not list(tmp_path.glob("model.pt*"))
 
 
+@pytest.mark.slow  # subprocesses: the slow tier (docs/testing.md)
 def test_corrupt_image_error_is_one_line(corrupt_image_run):
     _, proc = corrupt_image_run
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -356,6 +361,7 @@ def test_corrupt_image_error_is_one_line(corrupt_image_run):
     assert lines and "tr1_2.png" in lines[-1]
 
 
+@pytest.mark.slow  # subprocesses: the slow tier (docs/testing.md)
 def test_missing_cifar_root_refused_at_split_job(tmp_path):
     """Snakemake: the config is valid, the split job (first touch) fails naming the folder."""
     cfg = copy.deepcopy(BASE)

@@ -32,6 +32,7 @@ def test_cache_io_creates_a_missing_dir_and_refuses_a_file(tmp_path, capsys):
         in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 39 s in the fast-tier run of docs/testing.md
 def test_stage2_scale_memory_prints_request_and_peak(tmp_path, capsys):
     """A tiny ImageNet-shaped run (0.5% of the samples): each method's row names its request,
     its measured peak RSS and whether it fits; --clean removes the work directory."""

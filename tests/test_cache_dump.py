@@ -124,7 +124,7 @@ def test_artifacts_record_provenance(trained, tmp_path):
     from pathlib import Path
 
     import ltpipe
-    from ltpipe.provenance import code_version
+    from ltpipe.provenance import code_version, host_label
     from ltpipe.report.summary import rows_from_metrics
 
     code = code_version()
@@ -139,12 +139,16 @@ def test_artifacts_record_provenance(trained, tmp_path):
     assert meta["code"] == code and meta["split_fingerprint"] == split.fingerprint
     assert meta["versions"]["torch"] == torch.__version__.split("+")[0]
     assert "init_weights" in meta
+    # the machine: torch's kernels and threads of the process that trained
+    assert meta["host"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert meta["host"]["cpu"]["name"] and meta["host"]["deterministic"] in (True, False)
 
     cache = tmp_path / "cache.zarr"
     manifest = dump_cache(trained / "split.npz", trained / "model.pt", cache,
                           {"backend": "zarr", "compression": "none", "fmap_dtype": "float16",
                            "batch_size": 128}, log=lambda *_: None)
     assert manifest["code"] == code and manifest["backbone_sha256"] == model_sha
+    assert manifest["train_host"] == meta["host"] and manifest["host"]["cpu"] == meta["host"]["cpu"]
     run_classifier_job(split_path=str(trained / "split.npz"), cache_paths=[str(cache)],
                        method="joint", settings={}, seed=0, out_dir=str(tmp_path / "job"),
                        model_paths=[str(trained / "model.pt")])
@@ -158,7 +162,9 @@ def test_artifacts_record_provenance(trained, tmp_path):
     canonical = json.dumps(on_disk, sort_keys=True, separators=(",", ":")).encode()
     assert prov["caches"] == [{"path": str(cache),
                                "digest": hashlib.sha256(canonical).hexdigest(),
-                               "backbone_sha256": model_sha, "code": code}]
+                               "backbone_sha256": model_sha, "code": code,
+                               "train_host": meta["host"], "dump_host": manifest["host"]}]
+    assert prov["host"]["cpu"] == meta["host"]["cpu"]
     # another cache (other dump settings) has another digest
     other = tmp_path / "other.zarr"
     dump_cache(trained / "split.npz", trained / "model.pt", other,
@@ -168,6 +174,7 @@ def test_artifacts_record_provenance(trained, tmp_path):
         assert r.digest != prov["caches"][0]["digest"]
     (row,) = rows_from_metrics([metrics_path])
     assert row["code"].startswith(f"{ltpipe.__version__}+")
+    assert row["train_host"] == host_label(meta["host"]) and row["host"] == host_label(prov["host"])
 
 
 @pytest.mark.parametrize("choice,method,leased", [("cuda", "joint", True), ("auto", "fsa", True),
@@ -234,6 +241,7 @@ def test_classify_memory_request_follows_the_cache(trained, tmp_path):
         mem.FSA_CHUNK_FACTOR * mem.FSA_CHUNK_BYTES
 
 
+@pytest.mark.slow  # subprocesses: 15 s in the fast-tier run of docs/testing.md
 def test_closed_form_jobs_never_import_torch(trained, tmp_path):
     """joint, tau_norm, ncm and logit_adjust jobs run in numpy: torch (~3 s of a job's start)
     is never imported, and a trained method's job still does."""

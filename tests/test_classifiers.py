@@ -368,9 +368,9 @@ def test_registry_contract():
     assert method_needs("fsa") >= {"fmap", "cam"} and "fmap" not in method_needs("crt")
 
 
-# Defaults taken from the reference code where the paper is silent (README, "Defaults and their
-# sources"): classifier-balancing config/ImageNet_LT cls_crt / cls_lws (f162ade), H2T
-# config/cifar100 imb001 stage2 (3dafa70), FFN cifar_train_classifier.py (2a242ae),
+# Defaults taken from the reference code where the paper is silent (docs/classifiers.md,
+# "Defaults and their sources"): classifier-balancing config/ImageNet_LT cls_crt / cls_lws
+# (f162ade), H2T config/cifar100 imb001 stage2 (3dafa70), FFN cifar_train_classifier.py (2a242ae),
 # LTR-weight-balancing demo2_second-stage-training.py (e89f292).
 REFERENCE_DEFAULTS = {
     "crt": {"epochs": 10, "batch_size": 512, "lr": 0.2, "weight_decay": 5e-4,

@@ -40,8 +40,9 @@ def test_accuracy_report_empty_group_and_shape_check():
         accuracy_report(np.zeros((2, 3)), np.array([0, 1]), np.array([0, 0]))
 
 
-def _metrics(path, seed, all_, point="default"):
+def _metrics(path, seed, all_, point="default", host=None):
     write_json(path, {
+        "provenance": {"host": host, "caches": [{"train_host": host}]},
         "dataset": "digits", "imbalance_factor": "10", "split_seed": 0, "seed": seed,
         "backbones": ["ce"], "classifier": "crt", "method": "crt", "point": point,
         "settings": {"epochs": 10},
@@ -65,6 +66,24 @@ def test_summary_tables(tmp_path):
     assert agg["default"]["runs"] == 2
     md = (tmp_path / "s.md").read_text()
     assert "82.00 ± 2.83" in md and "| 70.00 |" in md
+    assert "## Machines" not in md  # one kind of machine (here: none recorded)
+
+
+def test_summary_names_the_machines_and_warns_when_they_differ(tmp_path):
+    xeon = {"cpu": {"name": "Intel(R) Xeon(R) Processor", "id": "6/167/1"},
+            "torch_cpu_capability": "AVX512"}
+    epyc = {"cpu": {"name": "AMD EPYC 7B13 64-Core Processor", "id": "25/1/1"},
+            "torch_cpu_capability": "AVX2"}
+    paths = [_metrics(tmp_path / "a.json", 0, 80.0, host=xeon),
+             _metrics(tmp_path / "b.json", 1, 84.0, host=epyc)]
+    write_summary(paths, tmp_path / "s.csv", tmp_path / "s.md")
+    with open(tmp_path / "s.csv") as fh:
+        table = {r["seed"]: r for r in csv.DictReader(fh)}
+    assert table["0"]["host"] == table["0"]["train_host"] == "Intel Xeon 6/167/1/avx512"
+    assert table["1"]["host"] == "AMD EPYC 7B13 64-Core 25/1/1/avx2"
+    md = (tmp_path / "s.md").read_text()
+    assert "## Machines" in md and "more than one kind of machine" in md
+    assert "`Intel Xeon 6/167/1/avx512`: 1 rows" in md
 
 
 def test_sweep_point_chosen_on_validation_only(tmp_path):

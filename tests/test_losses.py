@@ -87,7 +87,7 @@ def _closed_form_margins(counts, max_m):
 
 
 def cifar_lt_counts(n_max: int, num_classes: int, imb: float) -> list[int]:
-    """The LDAM-DRW profile n_i = int(n_max * (1/IF) ** (i / (C - 1))) (methods.md section 1)."""
+    """The LDAM-DRW profile n_i = int(n_max * (1/IF) ** (i / (C - 1))) (docs/methods.md#splits)."""
     return [int(n_max * (1 / imb) ** (i / (num_classes - 1))) for i in range(num_classes)]
 
 

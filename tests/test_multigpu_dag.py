@@ -12,9 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Every test here runs Snakemake or trains in a subprocess: the slow tier (docs/testing.md).
+pytestmark = pytest.mark.slow
 LEASE = re.compile(r"lease: (acquired|released) device=\S+ slot=(\d+) t=([\d.]+)")
 
 

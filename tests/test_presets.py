@@ -98,7 +98,7 @@ def test_method_inputs_are_the_papers():
                 assert bb[entry["backbones"][0]].get("head_half") is True, name
             if clf == "afa_crt":
                 assert entry["method"] == "crt" and bb[entry["backbones"][0]].get("afa"), name
-    # KPS max_m per data set (methods.md section 3): 0.2 CIFAR-10, 0.5 CIFAR-100, 0.35 ImageNet.
+    # KPS max_m per data set (docs/methods.md#kps): 0.2 CIFAR-10, 0.5 CIFAR-100, 0.35 ImageNet.
     assert load("cifar10_lt")["backbones"]["kps_mixup"]["loss_settings"]["max_m"] == 0.2
     assert load("cifar100_lt")["backbones"]["kps_mixup"]["loss_settings"]["max_m"] == 0.5
     assert load("imagenet_lt")["backbones"]["kps_mixup_r50"]["loss_settings"]["max_m"] == 0.35
@@ -205,6 +205,7 @@ def independent_plan(cfg: dict) -> dict:
     return {"splits": splits, "trains": trains, "classify": classify}
 
 
+@pytest.mark.slow  # subprocesses: the slow tier (docs/testing.md)
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_dry_run_job_counts(name, dry_runs):
     counts = planned_jobs(dry_runs[name])
@@ -216,6 +217,7 @@ def test_dry_run_job_counts(name, dry_runs):
                    sum(plan["classify"].values()))
 
 
+@pytest.mark.slow  # subprocesses: the slow tier (docs/testing.md)
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_dry_run_jobs_are_the_right_ones(name, dry_runs):
     cfg = load(name)

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 import ltpipe
-from ltpipe.provenance import code_label, code_version, git_state, library_versions, package_sha256
+from ltpipe.provenance import (
+    code_label,
+    code_version,
+    git_state,
+    host_label,
+    library_versions,
+    package_sha256,
+)
 
 PKG = Path(ltpipe.__file__).resolve().parent
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
@@ -98,9 +105,52 @@ def test_labels_and_versions():
 def test_cheap_and_no_torch():
     """Both records come without importing torch (a fresh interpreter)."""
     code = ("import sys, time; t = time.perf_counter(); from ltpipe import provenance as p; "
-            "p.code_version(); p.library_versions(); "
+            "p.code_version(); p.library_versions(); p.host_info(); "
             "assert 'torch' not in sys.modules, 'torch imported'; print(time.perf_counter() - t)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=PKG.parent)
     assert proc.returncode == 0, proc.stderr
     assert float(proc.stdout) < 2.0
+
+
+HOST_CODE = ("import json, sys; from ltpipe.provenance import host_info; "
+             "torch = sys.argv[1] == 'torch' and __import__('torch'); "
+             "print(json.dumps(host_info('cpu')))")
+
+
+def host_in_subprocess(*args: str, **env: str) -> dict:
+    import json
+    import os
+
+    proc = subprocess.run([sys.executable, "-c", HOST_CODE, *args], capture_output=True,
+                          text=True, timeout=120, cwd=PKG.parent, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_host_names_the_machine_and_torchs_kernels():
+    """Without torch: the processor alone; with it: torch's CPU capability, threads and the
+    determinism flag. ATEN_CPU_CAPABILITY (another kind of machine, emulated) changes the label."""
+    bare = host_in_subprocess("no-torch")
+    assert "torch_cpu_capability" not in bare and bare["cpu"]["name"]
+    assert bare["cpus"] >= 1 and bare["machine"]
+    full = host_in_subprocess("torch")
+    assert full["torch_cpu_capability"] and full["torch_threads"] >= 1
+    assert full["deterministic"] is False and "gpu" not in full  # a CPU device
+    emulated = host_in_subprocess("torch", ATEN_CPU_CAPABILITY="default")
+    assert emulated["torch_cpu_capability"] == "DEFAULT"
+    assert emulated["env"] == {"ATEN_CPU_CAPABILITY": "default"} or \
+        emulated["env"]["ATEN_CPU_CAPABILITY"] == "default"
+    if full["torch_cpu_capability"] != "DEFAULT":
+        assert host_label(full) != host_label(emulated)
+
+
+def test_host_label_by_hand():
+    cpu = {"name": "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", "id": "6/106/6"}
+    assert host_label({"cpu": cpu, "torch_cpu_capability": "AVX512"}) == \
+        "Intel Xeon Platinum 8375C @ 2.90GHz 6/106/6/avx512"
+    assert host_label({"cpu": {"name": "AMD EPYC 7B13 64-Core Processor"}}) == \
+        "AMD EPYC 7B13 64-Core"
+    gpu = {"name": "NVIDIA H100 80GB HBM3", "cuda": "13.0"}
+    assert host_label({"cpu": cpu, "gpu": gpu}) == "NVIDIA H100 80GB HBM3/cuda13.0"
+    assert host_label(None) == "" and host_label({}) == ""

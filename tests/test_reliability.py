@@ -5,7 +5,7 @@ subprocess and delivers real signals from outside. To kill a job at an exact poi
 ``sitecustomize`` module written into a temporary folder on the subprocess's PYTHONPATH wraps one
 ltpipe function and, when an environment variable asks for it, writes a marker file and waits: the
 test sees the marker and sends the signal. Nothing in ltpipe is changed; the hook is inert unless
-its variable is set. RELIABILITY.md at the repository root summarises what these tests saw.
+its variable is set. docs/reliability.md summarises what these tests saw.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ import yaml
 from test_workflow import planned_jobs
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Every test here runs Snakemake or trains in a subprocess: the slow tier (docs/testing.md).
+pytestmark = pytest.mark.slow
 PY = sys.executable
 # 8x8 digits, 585 training images, batch 32 -> 18 steps per epoch; 3 epochs = 54 steps.
 RECIPE = {"architecture": "resnet8", "architecture_kwargs": {"widths": [8, 8, 16]}, "epochs": 3,

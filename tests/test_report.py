@@ -156,6 +156,7 @@ def test_confusion_known_answer(toy):
 
 
 # -------------------------------------------------------------------------------- the PNGs
+@pytest.mark.slow  # 16 s in the fast-tier run of docs/testing.md
 def test_every_plot_is_a_sensible_png(toy, tmp_path):
     m, c = toy["metrics"], toy["caches"]
     plots.plot_per_class(m, tmp_path / "perclass.png")
@@ -193,7 +194,7 @@ def test_published_file_parses_and_every_entry_has_a_source():
     for e in entries:
         assert e["paper"] and e["table"] and e["setting"], e
     by = {(e["label"], e["dataset"], e["imbalance_factor"]): e["top1"] for e in entries}
-    # spot checks against methods.md section 6
+    # spot checks against docs/methods.md#published-numbers
     assert by[("FFN", "cifar100", "100")] == 47.51
     assert by[("CE", "cifar100", "200")] == 34.84
     assert by[("KPS", "cifar10", "50")] == 83.91

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,14 +53,15 @@ def test_setup_refuses_bad_arguments_and_pythons(tmp_path):
     proc = run_setup(tmp_path, PYTHON=str(tmp_path / "no-python3"))
     assert proc.returncode == 1
     assert f"no Python '{tmp_path / 'no-python3'}'" in proc.stderr and "PYTHON=" in proc.stderr
-    old = tmp_path / "python3.9"  # answers the version questions like a Python 3.9
-    old.write_text('#!/bin/sh\ncase "$2" in *version_info*) exit 1;; *) echo 3.9.18;; esac\n')
+    old = tmp_path / "python3.10"  # answers the version questions like a Python 3.10
+    old.write_text('#!/bin/sh\ncase "$2" in *version_info*) exit 1;; *) echo 3.10.12;; esac\n')
     old.chmod(0o755)
     proc = run_setup(tmp_path, PYTHON=str(old))
-    assert proc.returncode == 1 and "is Python 3.9.18; ltpipe needs 3.10+" in proc.stderr
+    assert proc.returncode == 1 and "is Python 3.10.12; ltpipe needs 3.11+" in proc.stderr
     assert not (tmp_path / ".venv").exists()
 
 
+@pytest.mark.slow  # subprocesses: the slow tier (docs/testing.md)
 def test_jobs_use_the_python_that_runs_snakemake(tmp_path):
     """Snakemake started by absolute path with a PATH that has no `python` at all: the split
     jobs (`python -m ltpipe split ...`) still run, with this interpreter."""

@@ -37,7 +37,7 @@ PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 CORES = 2
 SUBMITTED = re.compile(r"Job (\S+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def shrink_config(dst: Path) -> Path:

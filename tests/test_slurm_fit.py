@@ -155,6 +155,16 @@ def test_table_lists_each_request_once_with_its_partitions_largest_node():
     assert "2 CPUs, 16000 MB, 1 GPU, 720 min" in lines[2]
 
 
+class Resources(dict):
+    """A job's resources as the plugin reads them: ``.get`` and attribute access."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
 class FakeJob(SimpleNamespace):
     """What request_of reads of a Snakemake job; hashable like one."""
 
@@ -162,7 +172,7 @@ class FakeJob(SimpleNamespace):
 
 
 def _job(rule, threads, **res):
-    return FakeJob(resources=res, threads=threads, is_group=lambda: False,
+    return FakeJob(resources=Resources(res), threads=threads, is_group=lambda: False,
                    rule=SimpleNamespace(name=rule))
 
 
@@ -174,10 +184,73 @@ def test_request_of_follows_the_plugins_cpu_memory_and_gpu_rules():
     assert request_of(_job("t", 2, cpus_per_task=6, mem_mb_per_cpu=1000)).mem_mb == 6000
     assert request_of(_job("t", 1, mem_mb="<TBD>", slurm_partition="cpu")) == Request(
         "t", partition="cpu")
-    group = SimpleNamespace(resources={"_cores": 8, "mem_mb": 4000, "runtime": 160}, threads=8,
+    group = SimpleNamespace(resources=Resources(_cores=8, mem_mb=4000, runtime=160), threads=8,
                             is_group=lambda: True, groupid="stage2",
                             jobs=[_job("classify", 8)] * 16)
     assert request_of(group) == CLASSIFY
+
+
+def plugins_request(job) -> tuple[int, int | None, int, str | None, int | None]:
+    """(CPUs, memory MB, GPUs, GPU model, minutes) read off the sbatch command line the
+    installed Slurm executor plugin builds for ``job``."""
+    import re
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    params = {"run_uuid": "u", "slurm_logfile": "log", "comment_str": "c", "account": "",
+              "partition": "", "workdir": "."}
+    line = get_submit_command(job, params) + set_gres_string(job)
+
+    def flag(pattern):
+        m = re.search(pattern, line)
+        return m.group(1) if m else None
+
+    gpus, model = 0, None
+    if (spec := flag(r"--gpus=(\S+)")) is not None:
+        model, _, n = spec.rpartition(":")
+        gpus, model = int(n), model or None
+    elif (spec := flag(r"--gres=(\S+)")) is not None:
+        ((model, gpus),) = parse_gres(spec)
+        model = model or None
+    per_gpu = flag(r"--cpus-per-gpu=(\d+)")
+    cpus = int(per_gpu) * gpus if per_gpu else int(flag(r"--cpus-per-task=(\d+)"))
+    per_cpu = flag(r"--mem-per-cpu (\d+)")
+    mem = int(per_cpu) * cpus if per_cpu else (int(m) if (m := flag(r"--mem (\d+)")) else None)
+    minutes = flag(r" -t (\d+)")
+    return cpus, mem, gpus, model, int(minutes) if minutes else None
+
+
+@pytest.mark.parametrize("threads, res", [
+    (2, {"gpu": 1, "mem_mb": 16000, "runtime": 720}),
+    (2, {"gpu": 2, "cpus_per_gpu": 4, "mem_mb": 8000}),
+    (2, {"gpu": 1, "gpu_model": "a100", "mem_mb_per_cpu": 2000}),
+    (2, {"gres": "gpu:v100:2", "mem_mb": 1000}),
+    (4, {"cpus_per_task": 6, "mem_mb_per_cpu": 1000, "runtime": 30}),
+    (8, {"mem_mb": 4000, "runtime": 160}),
+    (1, {"threads": 3, "mem_mb": 500}),
+])
+def test_request_of_matches_the_installed_plugins_sbatch_line(threads, res):
+    """request_of against the plugin's own command line: this fails when an upgrade of the
+    plugin changes its arithmetic (ltpipe.slurm_fit.PLUGIN_TESTED names the releases checked)."""
+    from importlib.metadata import version
+
+    from packaging.specifiers import SpecifierSet
+
+    from ltpipe.slurm_fit import PLUGIN_TESTED
+
+    job = FakeJob(resources=Resources(res), threads=threads, is_group=lambda: False,
+                  rule=SimpleNamespace(name="r"))
+    req = request_of(job)
+    assert (req.cpus, req.mem_mb, req.gpus, req.gpu_model, req.runtime_min) == \
+        plugins_request(job)
+    installed = version("snakemake-executor-plugin-slurm")
+    assert installed in SpecifierSet(PLUGIN_TESTED), (
+        f"the Slurm plugin {installed} is outside the releases ltpipe's fit check was tested "
+        f"against ({PLUGIN_TESTED}): check request_of against it, then widen PLUGIN_TESTED and "
+        "pyproject.toml's pin together")
+    pin = (ROOT / "pyproject.toml").read_text()
+    assert f'"snakemake-executor-plugin-slurm{PLUGIN_TESTED}"' in pin
 
 
 def test_profile_hint_names_the_profile_on_the_command_line():
@@ -203,7 +276,7 @@ def test_profile_gpu_switch(monkeypatch, env, gpus):
 
 
 def _workflow(executor: str, jobs: list) -> SimpleNamespace:
-    dag = SimpleNamespace(needrun_jobs=lambda: jobs, _group={})
+    dag = SimpleNamespace(needrun_jobs=lambda: jobs, get_job_group=lambda job: None)
     return SimpleNamespace(is_main_process=True, dag=dag, executor_settings=None,
                            executor_plugin=SimpleNamespace(name=executor))
 

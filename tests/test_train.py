@@ -206,6 +206,7 @@ def test_init_weights_from_an_ltpipe_model_file(split_path, tmp_path):
         _run(split_path, tmp_path / "bad.pt", {"init_weights": 5})
 
 
+@pytest.mark.slow  # torch.compile: 207 s in the fast-tier run of docs/testing.md
 def test_compiled_trainer_follows_the_eager_one(split_path):
     """compile on the CPU (inductor) trains the same model to the same numbers, up to float
     reassociation in the fused kernels; the checkpointed weights are the plain module's. The

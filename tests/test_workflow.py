@@ -18,6 +18,9 @@ import yaml
 from dryrun import job_counts
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Every test here runs Snakemake or trains in a subprocess: the slow tier (docs/testing.md).
+pytestmark = pytest.mark.slow
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 

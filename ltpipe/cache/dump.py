@@ -3,8 +3,8 @@
 Per part of the split (train, val where present, test) the cache holds: ``pooled`` [N, D]
 float32, ``fmap`` [N, D, H, W] (float16 or float32), ``logits`` [N, C] float32 (the stage-one
 head's output times the loss scale), ``labels``, ``ids`` and ``cam`` [N, H, W] float32 (the
-sample's own-class activation map, min-max normalised; methods.md FSA). Group ``head`` holds the
-stage-one head's ``weight`` (and ``bias`` for a linear head); group ``meta`` holds
+sample's own-class activation map, min-max normalised; docs/methods.md#fsa). Group ``head``
+holds the stage-one head's ``weight`` (and ``bias`` for a linear head); group ``meta`` holds
 ``class_counts`` and ``shot_groups``.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltpipe.provenance import code_version, library_versions
+from ltpipe.provenance import code_version, host_info, library_versions
 from ltpipe.utils import sha256_file
 
 
@@ -68,6 +68,8 @@ def dump_cache(split_path: str | Path, model_path: str | Path, out_path: str | P
         "dump_settings": dict(settings),
         "code": code_version(),
         "versions": library_versions(),
+        "host": host_info(device),  # this dump's machine; train_host: the backbone's
+        "train_host": meta.get("host"),
         "parts": parts,
     }
     with CacheWriter(out_path, backend=settings.get("backend", "zarr"),

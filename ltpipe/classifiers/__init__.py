@@ -1,4 +1,6 @@
-"""Classifier-stage methods that run on cached stage-one arrays (methods.md section 4).
+"""Classifier-stage methods that run on cached stage-one arrays.
+
+What each computes, with its paper: docs/methods.md#classifier-stage-methods.
 
 Each method is one module with ``SETTINGS`` (every setting, declared with ``ltpipe.settings``:
 default, check, unit and source), ``NEEDS`` (cached

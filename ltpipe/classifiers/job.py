@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltpipe.provenance import code_version, library_versions
+from ltpipe.provenance import code_version, host_info, library_versions
 from ltpipe.utils import LtpipeError, atomic_path, sha256_file, write_json
 
 EVAL_PARTS = ("val", "test")  # scored parts; other keys a method returns (head_weight) are kept
@@ -48,10 +48,11 @@ def open_checked(cache_path: str | Path, split_fingerprint: str, model_path: str
 
 def cache_record(path: str | Path, reader) -> dict:
     """What ``metrics.json`` records of a cache it read: path, digest, and from the manifest the
-    backbone file's SHA-256 and the code that wrote it."""
+    backbone file's SHA-256, the code that wrote it and the machines that trained the backbone and
+    dumped the cache."""
     m = reader.manifest
     return {"path": str(path), "digest": reader.digest, "backbone_sha256": m.get("backbone_sha256"),
-            "code": m.get("code")}
+            "code": m.get("code"), "train_host": m.get("train_host"), "dump_host": m.get("host")}
 
 
 def run_classifier_job(*, split_path: str, cache_paths: list[str], method: str, settings: dict,
@@ -116,6 +117,7 @@ def run_classifier_job(*, split_path: str, cache_paths: list[str], method: str, 
         "seed": seed,
         "split_fingerprint": split.fingerprint,
         "provenance": {"code": code_version(), "versions": library_versions(),
+                       "host": host_info(device),
                        "split": {"path": str(split_path), "fingerprint": split.fingerprint},
                        "caches": caches, "models": models},
         "class_counts": [int(c) for c in split.class_counts],

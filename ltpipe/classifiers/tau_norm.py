@@ -2,7 +2,8 @@
 
 Scores are logit_scale * f W_tau^T, with f the pooled feature (L2-normalized first for a cosine
 head, whose rows are normalized anyway, so tau has no effect there). tau = 0 gives the stage-one
-head without its bias, tau = 1 a head of unit-norm rows. methods.md sweeps tau over 0..2.
+head without its bias, tau = 1 a head of unit-norm rows. The presets sweep tau over 0..2
+(docs/methods.md#tau-norm).
 Closed form in numpy (float32): a job of this method never imports torch (~3 s per job).
 """
 

@@ -1,4 +1,4 @@
-"""Data: sources, long-tail profiles, list files and the split artifact (methods.md section 1).
+"""Data: sources, long-tail profiles, list files and the split artifact (docs/methods.md#splits).
 
 ``FileListDataset`` (a torch ``Dataset``) is loaded on first access so that importing this
 package does not import torch. Samplers live in :mod:`ltpipe.data.samplers`.

@@ -24,7 +24,8 @@ class BFSLoss(LTLoss):
 
     w_CB(y) = (1 - beta) / (1 - beta ** n_y) is NORMALIZED to sum to C by default: the paper
     prints the raw factor, but names Cui et al.'s class-balanced loss as its source, and that
-    loss (like methods.md section 3) normalizes the weights to sum to C to keep the loss scale.
+    loss (docs/methods.md#stage-one-losses-and-recipes) normalizes the weights to sum to C to
+    keep the loss scale.
     Raw weights are ~1/n_y at beta = 0.9999 (1e-3..1e-1 for ImageNet-LT counts), which would
     make alpha nearly irrelevant, unlike the paper's alpha ablation. ``cb_normalize: false``
     gives the literal raw factor. The weight decay term lambda ||W||^2 belongs to the trainer.

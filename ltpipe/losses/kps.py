@@ -15,7 +15,7 @@ from ltpipe.utils import LtpipeError
 
 @register_loss("kps")
 class KPSLoss(LTLoss):
-    """KPS loss (methods.md section 3; FFN paper Eq. 5-8) on raw cosines of a cosine head.
+    """KPS loss (docs/methods.md#kps; FFN paper Eq. 5-8) on raw cosines of a cosine head.
 
     With s_j = ln(50 n_j / n_min) / ln 50 and s_{k(j)} the scale class j takes from its mirror
     class k(j) (``ltpipe.losses.weights.kps_mirrored_scales``):
@@ -34,7 +34,7 @@ class KPSLoss(LTLoss):
     the reference flips the label-ordered array, which is the same when labels are sorted by
     count, as in its CIFAR-LT data. The two agree exactly on an exact exponential profile and
     differ slightly once counts are rounded or tied (up to 0.008 of max_m 0.5 on CIFAR-100 IF 100).
-    ``max_m``: 0.2 on CIFAR-10, 0.5 on CIFAR-100, 0.35 on ImageNet-LT (methods.md).
+    ``max_m``: 0.2 on CIFAR-10, 0.5 on CIFAR-100, 0.35 on ImageNet-LT (docs/methods.md#kps).
     """
 
     SETTINGS: ClassVar[dict[str, Setting]] = {

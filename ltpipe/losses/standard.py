@@ -112,8 +112,9 @@ class LDAMLoss(ReweightedLoss):
     """LDAM (Cao et al., 2019): CE(scale * (z - Delta_y 1_y)), Delta_j prop. to n_j ** -1/4.
 
     The largest margin is ``max_m`` (0.5); ``scale`` defaults to 30, meant for a cosine head that
-    outputs raw cosines. LDAM-DRW = ``drw_epoch`` 160 of 200 with ``drw_beta`` 0.9999 (methods.md),
-    reduced as the reference code does (``weighted_mean``, see ``ReweightedLoss``).
+    outputs raw cosines. LDAM-DRW = ``drw_epoch`` 160 of 200 with ``drw_beta`` 0.9999
+    (docs/methods.md#ldam-drw), reduced as the reference code does (``weighted_mean``, see
+    ``ReweightedLoss``).
     """
 
     SETTINGS: ClassVar[dict[str, Setting]] = {

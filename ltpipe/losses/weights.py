@@ -57,8 +57,9 @@ def _f32(arr: np.ndarray) -> torch.Tensor:
 def class_balanced_weights(counts: Any, beta: float, normalize: bool = True) -> torch.Tensor:
     """Class-balanced weights w_j = (1 - beta) / (1 - beta ** n_j) (Cui et al., 2019).
 
-    With ``normalize`` (the default, as in Cui et al. and methods.md section 3) the weights are
-    rescaled to sum to C; ``normalize=False`` returns the raw effective-number inverse.
+    With ``normalize`` (the default, as in Cui et al.; docs/methods.md#stage-one-losses-and-recipes)
+    the weights are rescaled to sum to C; ``normalize=False`` returns the raw effective-number
+    inverse.
     ``beta = 0`` gives all ones.
     """
     n = as_counts(counts)

@@ -1,7 +1,7 @@
 """Attentive Feature Augmentation (AFA) and the Lay-Back Learning Schedule (LBLS) loss.
 
-Wang et al., "Attentive Feature Augmentation for Long-Tailed Visual Recognition" (paper in
-/work/shared/papers/afa-attentive-feature-augmentation.txt; methods.md section 3). The module sits
+Wang et al., "Attentive Feature Augmentation for Long-Tailed Visual Recognition" (IEEE TCSVT
+2022; docs/methods.md#afa-and-lbls). The module sits
 between the last two stages of a backbone. On the map X [B, D, H, W], flattened to [B, D, HW]:
 
 1. Q = X W_Q, K = X W_K, V = X W_V, each a learned HW x HW linear map along HW (Algorithm 1
@@ -177,7 +177,7 @@ class AFAModule(nn.Module):
         pass to pass on a multi-threaded CPU (tested); ``index_select``'s backward does not.
         That alone does not make a whole AFA training bit-reproducible on such a CPU; torch's
         deterministic mode does (the recipe key ``deterministic``, on for CPU training by
-        default; see the README)."""
+        default; see docs/stage-one.md#bit-reproducible-reruns)."""
         i, j, y_gen = sample_pairs(y, self.gamma, self.alpha, generator)
         i, j = i.to(x_class.device), j.to(x_class.device)
         return x_class.index_select(0, i) + x_var.index_select(0, j), y_gen

@@ -39,7 +39,8 @@ def load_checkpoint(path: str | Path, device: Any = "cpu") -> tuple[Any, dict[st
 
     meta holds every entry of the file except ``model_state`` (model_spec, recipe,
     logit_scale, split_fingerprint, epochs, seed, metrics, normalization, init_weights, and the
-    code and library versions that trained it: ``code``, ``versions``, see ltpipe.provenance).
+    code and library versions that trained it: ``code``, ``versions``, and the machine: ``host``;
+    see ltpipe.provenance).
     """
     from ltpipe.models import model_from_spec
 

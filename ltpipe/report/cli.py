@@ -1,4 +1,5 @@
-"""The report stage's subcommands of ``ltpipe``: ``plot <kind>`` and ``compare``.
+"""The report stage's subcommands of ``ltpipe``: ``plot <kind>``, ``compare`` (published rows)
+and ``compare-runs`` (two result sets, row by row).
 
 Registered into the ``ltpipe`` command (``ltpipe/cli.py``) by :func:`add_subcommands`; the rules
 call ``python -m ltpipe plot perclass --metrics ... --out x.png``.
@@ -50,8 +51,45 @@ def _compare(args: argparse.Namespace) -> None:
           f"rows matched; wrote {args.csv}, {args.md}")
 
 
+def _compare_runs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ltpipe.report.compare import compare
+
+    records, text = compare(args.a, args.b, k=args.k, tolerance=args.tolerance)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text, end="")
+    bad = [r for r in records if r["verdict"] not in ("identical", "within noise")]
+    return 1 if args.check and bad else 0
+
+
+def _docs_tables(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ltpipe.report import doctables
+
+    root = Path(args.root)
+    if args.action == "record":
+        if args.results is None or args.name is None or not args.command:
+            raise SystemExit("docs-tables record: give RESULTS NAME and at least one --command "
+                             "(the command that made the run, as a reader would type it)")
+        out = doctables.record(args.results, args.name, args.command, root, args.config)
+        print(f"docs-tables: recorded {args.results} as {out}")
+        return 0
+    stale = doctables.update(root, check=args.check)
+    for line in stale:
+        print(f"docs-tables: {'stale' if args.check else 'updated'}: {line}")
+    if args.check and stale:
+        print("docs-tables: run `python -m ltpipe docs-tables update` and commit the pages")
+        return 1
+    print(f"docs-tables: {len(stale)} block(s) {'stale' if args.check else 'updated'}")
+    return 0
+
+
 def add_subcommands(subparsers) -> None:
-    """Add ``plot`` (perclass | sweep | wnorm | confusion | tsne) and ``compare``."""
+    """Add ``plot`` (perclass | sweep | wnorm | confusion | tsne), ``compare`` and
+    ``compare-runs``."""
     p = subparsers.add_parser("plot", help="draw one report figure (PNG)")
     kinds = p.add_subparsers(dest="plot_kind", required=True)
     specs = {
@@ -91,3 +129,40 @@ def add_subcommands(subparsers) -> None:
     c.add_argument("--html", default=None, help="also an HTML page of both tables")
     c.set_defaults(func=_compare)
 
+
+    from ltpipe.report.compare import DEFAULT_K, DEFAULT_TOLERANCE
+
+    r = subparsers.add_parser(
+        "compare-runs", help="two result sets row by row: identical / within noise / different",
+        description="Match the rows of two summary.csv files (yours against a documented run, a "
+                    "bundle's stage-two rerun against the original) and give each a verdict. "
+                    "See ltpipe/report/compare.py for the rule.")
+    r.add_argument("a", help="results folder (or its summary.csv): the reference")
+    r.add_argument("b", help="results folder (or its summary.csv): the one checked")
+    r.add_argument("--k", type=float, default=DEFAULT_K,
+                   help="allowed difference in units of the seed noise of a difference of two "
+                        "runs, sqrt(2) x std over seeds (default: %(default)s)")
+    r.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                   help="allowed difference in points where a configuration has a single seed "
+                        "(default: %(default)s)")
+    r.add_argument("--out", default=None, help="also write the Markdown here")
+    r.add_argument("--check", action="store_true",
+                   help="exit 1 when a row is different or on one side only")
+    r.set_defaults(func=_compare_runs)
+
+    from ltpipe.report.doctables import ROOT
+
+    d = subparsers.add_parser(
+        "docs-tables", help="record a run for the docs; fill the docs' tables from recorded runs",
+        description="record RESULTS NAME --command CMD: copy a finished run's report files and "
+                    "its stamp into docs/runs/NAME. update [--check]: regenerate every "
+                    "<!-- ltpipe-table --> block of README.md and docs/*.md from its run.")
+    d.add_argument("action", choices=["record", "update"])
+    d.add_argument("results", nargs="?", help="record: the run's results folder")
+    d.add_argument("name", nargs="?", help="record: the recorded run's name")
+    d.add_argument("--command", action="append", default=[],
+                   help="record: a command that made the run (repeat for several)")
+    d.add_argument("--config", default=None, help="record: the config file the run used")
+    d.add_argument("--check", action="store_true", help="update: change nothing, exit 1 if stale")
+    d.add_argument("--root", default=str(ROOT), help="the repository (default: %(default)s)")
+    d.set_defaults(func=_docs_tables)

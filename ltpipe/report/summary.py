@@ -2,9 +2,11 @@
 
 ``summary.csv`` has one row per job (data set, imbalance factor, split seed, training seed,
 backbone(s), classifier entry, method, sweep point and settings, accuracies, and the code that
-computed them: :func:`ltpipe.provenance.code_label`; the job's ``metrics.json`` holds the full
-provenance). ``summary.md`` groups jobs that differ only in their seeds and reports mean and
-standard deviation over the seeds.
+computed them: :func:`ltpipe.provenance.code_label`, and the kinds of machine that ran the
+classifier job (``host``) and trained its backbone(s) (``train_host``):
+:func:`ltpipe.provenance.host_label`; the job's ``metrics.json`` holds the full provenance).
+``summary.md`` groups jobs that differ only in their seeds and reports mean and standard
+deviation over the seeds, and says when its rows came from more than one kind of machine.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ltpipe.provenance import code_label
+from ltpipe.provenance import code_label, host_label
 from ltpipe.utils import atomic_path, read_json
 
 COLUMNS = ["dataset", "imbalance_factor", "split_seed", "seed", "backbone", "classifier",
            "method", "point", "params", "all", "many", "medium", "few", "val_all",
-           "chosen_on_val", "code"]
+           "chosen_on_val", "code", "host", "train_host", "predictions"]
 METRICS = ("all", "many", "medium", "few")
 GROUP_KEYS = ("dataset", "imbalance_factor", "backbone", "classifier", "method", "point")
 
@@ -49,7 +51,14 @@ def rows_from_metrics(paths: list[str | Path]) -> list[dict]:
         row["val_all"] = m["metrics"].get("val", {}).get("all")
         row["chosen_on_val"] = ""
         row["_predictions"] = prediction_digest(Path(path).with_name("logits.npz"))
-        row["code"] = code_label(m.get("provenance", {}).get("code"))
+        prov = m.get("provenance", {})
+        row["code"] = code_label(prov.get("code"))
+        # 16 hex digits of prediction_digest: rows with equal values predicted the same class
+        # for every test image (ltpipe compare's "identical")
+        row["predictions"] = (row["_predictions"] or "")[:16]
+        row["host"] = host_label(prov.get("host"))
+        row["train_host"] = "+".join(dict.fromkeys(host_label(c.get("train_host"))
+                                                   for c in prov.get("caches", [])))
         rows.append(row)
     rows.sort(key=lambda r: tuple(str(r[k]) for k in COLUMNS[:9]))
     mark_chosen_on_val(rows)
@@ -222,6 +231,23 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def hosts_section(rows: list[dict]) -> str:
+    """Markdown: a plain warning when the rows came from more than one kind of machine (CPU
+    training reproduces bit for bit on one kind of processor only), empty otherwise."""
+    kinds: dict[tuple, int] = defaultdict(int)
+    for r in rows:
+        kinds[(r.get("train_host", ""), r.get("host", ""))] += 1
+    if len(kinds) < 2:
+        return ""
+    lines = [f"- trained on `{t or 'not recorded'}`, classifier stage on `{h or 'not recorded'}`: "
+             f"{n} rows" for (t, h), n in sorted(kinds.items())]
+    return ("\n## Machines\n\nThese rows came from more than one kind of machine. Training "
+            "reruns bit for bit only on one kind of processor (another kind, or another torch "
+            "CPU capability, picks other kernels), so differences between rows of different "
+            "kinds include that noise: compare them within seed noise, not digit for digit.\n\n"
+            + "\n".join(lines) + "\n")
+
+
 def write_summary(metric_paths: list[str], csv_path: str, md_path: str) -> list[dict]:
     """Write both tables atomically; returns the per-job rows."""
     rows = rows_from_metrics(metric_paths)
@@ -238,6 +264,7 @@ def write_summary(metric_paths: list[str], csv_path: str, md_path: str) -> list[
     text = ("# ltpipe results\n\nTop-1 accuracy (%) on the balanced test set; mean ± sample std "
             "over split and training seeds where there are several. No hyper-parameter was "
             "selected on the test set: every sweep point is its own row.\n\n"
+            + hosts_section(rows)
             + (methods + "\n## Every job\n\n" if (methods := method_section(rows)) else "")
             + markdown_table(rows) + chosen_section(rows)
             + inert_section(inert))

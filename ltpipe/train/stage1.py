@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ltpipe.provenance import code_version, library_versions
+from ltpipe.provenance import code_version, host_info, library_versions
 from ltpipe.train.checkpoint import (
     CKPT_KIND,
     FINAL_KIND,
@@ -223,7 +223,7 @@ def train_stage1(split_path: str | Path, recipe: dict, out_path: str | Path, *, 
         payload = {"kind": FINAL_KIND, **ident, "model_state": trainer.state_dict()["model_state"],
                    "model_spec": trainer.model.spec, "epochs": cfg["epochs"], "metrics": metrics,
                    "logit_scale": float(trainer.loss.settings.get("scale", 1.0)),
-                   "train_classes": train_classes, "history": history}
+                   "train_classes": train_classes, "history": history, "host": host_info(dev)}
         save_atomic(payload, out_path)
         ck_path.unlink(missing_ok=True)
     return metrics
