@@ -11,13 +11,21 @@ list file) and how the split parts ``train``/``val``/``test`` are drawn from the
   the split seed), then the profile on the rest; ``n_max`` defaults to the smallest remaining
   class (174 - 30 = 144 at the default 30), so every class can supply its ``n_i``.
 - ``imagenet_lt``, ``places_lt``, ``inat2018``: long-tailed natively; every listed image is used
-  (iNaturalist 2018's ``val`` list is the test set and there is no val part).
+  (iNaturalist 2018's ``val`` list is the test set and there is no val part): presets of
+  ``listfile``.
+- ``listfile`` (the user's own list files) and ``imagefolder`` (``train/<class>/*``,
+  ``test/<class>/*``, optional ``val/<class>/*``): every image (``native``), or the profile on
+  the train pool with ``n_max`` defaulting to its smallest class (:class:`FileSource`).
+
+Each source also names the files whose changes must rebuild its split (``watched``);
+:func:`data_state` digests them for the split rule's params (docs/data-sources.md).
 
 The profile sources have no validation set of their own. ``val_per_class: v`` (default 0: none,
 the published splits) holds out ``v`` images per class from the training pool, disjoint from the
 training part and the test set (``select_lt_and_val``): from the images the profile leaves
 unused where a class has at least ``v`` of them, otherwise reserved before the profile, which
-lowers that class's count to ``pool - v``. The list-file sources refuse it.
+lowers that class's count to ``pool - v``. The published list-file presets refuse it; ``listfile``
+and ``imagefolder`` take it with an imbalance factor and without their own val part.
 
 Indices always point into a pool, and ``ids`` of loaded data are those indices (stable across
 runs: the row of the source's own train/test set, or for digits of ``load_digits``).
