@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ltpipe.data.sources import LIST_SOURCES, PROFILE_SOURCES, SOURCES
+from ltpipe.data.sources import LIST_SOURCES, PROFILE_SOURCES, SOURCES, USER_SOURCES
 from ltpipe.paths import Layout, imb_tag
 from ltpipe.utils import LtpipeError
 from ltpipe.yamlfile import load_yaml_strict
@@ -105,7 +105,7 @@ class SplitKey:
 
 
 def dataset_imbalance_factors(ds_cfg: dict) -> list:
-    if ds_cfg["source"] in LIST_SOURCES:
+    if ds_cfg["source"] in LIST_SOURCES or ds_cfg["source"] in USER_SOURCES:
         return ds_cfg.get("imbalance_factors", ["native"])
     return ds_cfg["imbalance_factors"]
 
@@ -273,6 +273,8 @@ def _check_dataset(ds: dict) -> list[str]:
         elif "native" in imbs:
             out.append(f"imbalance_factors: 'native' is only for list-file data sets; source "
                        f"{src!r} needs numbers >= 1, e.g. [10, 100]")
+    elif src in USER_SOURCES:
+        out += _check_user_data(ds)
     else:
         for key in ("root", "lists"):
             if key not in ds:
@@ -293,6 +295,25 @@ def _check_dataset(ds: dict) -> list[str]:
     if th and th["few"] > th["many"]:
         out.append(f"shot_thresholds: few ({th['few']}) must not exceed many ({th['many']})")
     return out
+
+
+def _check_user_data(ds: dict) -> list[str]:
+    """The user's own data (image folders, list files): native or profile; opened here (class
+    folders / list names, no image read) so that a wrong root is reported before any job."""
+    from ltpipe.data.sources import num_classes_of
+
+    imbs = ds.get("imbalance_factors") or ["native"]
+    if ds.get("val_per_class", 0) and "native" in imbs:
+        return [f"val_per_class: {ds['val_per_class']} needs an imbalance factor (a native split "
+                "uses every image as given); remove 'native' from imbalance_factors or "
+                "remove val_per_class"]
+    if "root" not in ds:
+        return [f"root: required for source {ds['source']!r} (the folder of the images)"]
+    try:
+        num_classes_of(ds)
+    except LtpipeError as err:
+        return [str(err)]
+    return []
 
 
 def _check_recipe(cfg: dict, rc: dict) -> list[str]:

@@ -23,6 +23,7 @@ from ltpipe.config import (
     sweep_table,
     validate_schema,
 )
+from ltpipe.data.sources import data_state
 from ltpipe.paths import Layout
 from ltpipe.yamlfile import load_yaml_strict
 

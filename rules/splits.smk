@@ -6,6 +6,9 @@ rule split:
         PATHS.pattern("split"),
     params:
         settings=lambda wc: as_json(split_settings(config, wc.dataset)),
+        # the state of the data set's files (ltpipe/data/watch.py): a changed, added or removed
+        # file reruns the split and what it feeds (docs/data-sources.md)
+        data=lambda wc: data_state(config["datasets"][wc.dataset]),
     log:
         PATHS.log("split"),
     resources:

@@ -34,6 +34,7 @@ class Run:
     class_counts: np.ndarray
     shot_groups: np.ndarray
     test: dict
+    class_names: list[str]
 
     @property
     def entry(self) -> tuple[str, str]:
@@ -57,7 +58,9 @@ def load_runs(metric_paths: list[str | Path]) -> list[Run]:
                         m.get("point", "default"), m.get("settings", {}), int(m.get("seed", 0)),
                         int(m.get("split_seed", 0)), list(m.get("backbones", [])),
                         np.asarray(m["class_counts"]), np.asarray(m["shot_groups"]),
-                        m["metrics"]["test"]))
+                        m["metrics"]["test"],
+                        # metrics.json from before class names were kept: the class indices
+                        list(m.get("class_names") or map(str, range(len(m["class_counts"]))))))
     if not runs:
         raise LtpipeError("no metrics.json given: a plot needs at least one classifier job")
     return runs

@@ -43,12 +43,22 @@ def _setting(runs: list[pdata.Run]) -> str:
     return f"{r.dataset} IF{r.imbalance_factor}" if r.dataset else ""
 
 
-def _class_axis(ax, counts_sorted: np.ndarray, order: np.ndarray, shots: np.ndarray) -> None:
-    """Tick labels, shot-group boundaries and training counts (grey bars, log scale)."""
+def _names(runs: list[pdata.Run], order: np.ndarray) -> list[str]:
+    """Tick labels of the classes ``order``: their names (cut to 14 characters)."""
+    names = runs[0].class_names
+    return [n if len(n) <= 14 else n[:13] + "\u2026" for n in (names[c] for c in order)]
+
+
+def _class_axis(ax, counts_sorted: np.ndarray, order: np.ndarray, shots: np.ndarray,
+                names: list[str]) -> None:
+    """Tick labels (class names), shot-group boundaries and training counts (grey bars, log
+    scale)."""
     C = len(order)
     if C <= 20:
         ax.set_xticks(range(C))
-        ax.set_xticklabels([str(c) for c in order], fontsize=8)
+        rotate = max(map(len, names), default=0) > 3
+        ax.set_xticklabels(names, fontsize=8, rotation=45 if rotate else 0,
+                           ha="right" if rotate else "center")
         ax.set_xlabel("class (sorted by training count, largest first)")
     else:
         ax.set_xlabel("class rank by training count (0 = largest)")
@@ -114,7 +124,7 @@ def plot_per_class(metric_paths: list[str], out: str | Path) -> None:
             one = len(member_lists) == 1 or not others
             ax.plot(x, _smooth(y), color=color, marker="o" if len(x) <= 20 else None, ms=3,
                     lw=1.5, label=members[0].label if one else members[0].point)
-        _class_axis(ax, counts[order], order, shots)
+        _class_axis(ax, counts[order], order, shots, _names(runs, order))
         ax.set_ylim(-3, 103)
         ax.set_ylabel("test accuracy per class (%)")
         ax.set_title(f"{clf} ({member_lists[0][0].method})", fontsize=10, pad=12)
@@ -185,7 +195,7 @@ def plot_weight_norms(metric_paths: list[str], cache_paths: list[str], out: str 
                 lw=2 if stage_one else 1.3, ls="-" if stage_one else "--",
                 marker="o" if len(x) <= 20 else None, ms=3, label=label)
     ax.axhline(1.0, color="0.6", lw=0.8)
-    _class_axis(ax, counts[order], order, runs[0].shot_groups[order])
+    _class_axis(ax, counts[order], order, runs[0].shot_groups[order], _names(runs, order))
     ax.set_ylabel(r"$\|w_j\|$ / mean$_j \|w_j\|$")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.1, 1.0), framealpha=0.85)
     missing = sorted({r.label for r in runs if r.method != "joint"} - set(lines))
@@ -211,8 +221,8 @@ def plot_confusion(metric_paths: list[str], cache_paths: list[str], out: str | P
         im = ax.imshow(cm, vmin=0, vmax=100, cmap="Blues")
         ax.set_xticks(range(C))
         ax.set_yticks(range(C))
-        ax.set_xticklabels([str(c) for c in order], fontsize=6 if C > 10 else 7)
-        ax.set_yticklabels([str(c) for c in order], fontsize=6 if C > 10 else 7)
+        ax.set_xticklabels(_names(runs, order), fontsize=6 if C > 10 else 7, rotation=90)
+        ax.set_yticklabels(_names(runs, order), fontsize=6 if C > 10 else 7)
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_ylabel("true (largest class on top)", fontsize=8)
         ax.set_title(members[0].label, fontsize=9)
