@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ltpipe import plugins
 from ltpipe.data import formats
 from ltpipe.data.listfile import FileListData, parse_list_file
 from ltpipe.data.profiles import class_counts, lt_counts, select_lt_and_val, stratified_holdout
@@ -349,6 +350,10 @@ SOURCES: dict[str, Callable[[dict[str, Any]], Source]] = {
 }
 """The registry of data sources: every other list of sources (the config schema's choices, the
 config checks, the report's class counts) is read from here."""
+#: the sources of this package; plug-in sources (entry points ``ltpipe.sources``) join SOURCES
+BUILTIN_SOURCES: tuple[str, ...] = tuple(SOURCES)
+SOURCES.update({name: (lambda cfg, _n=name: source_class(_n)(cfg)) for name in plugins.names(
+    "sources") if name not in BUILTIN_SOURCES})
 
 #: the sources that draw a long-tailed profile from a balanced pool (``imbalance_factors`` apply)
 PROFILE_SOURCES: tuple[str, ...] = tuple(n for n in SOURCES if n not in ListSource.LAYOUTS)
@@ -361,7 +366,7 @@ NUM_CLASSES: dict[str, int] = {
     **{name: layout["num_classes"] for name, layout in formats.CIFAR_LAYOUTS.items()},
     **{name: layout[0] for name, layout in ListSource.LAYOUTS.items()},
 }
-assert set(NUM_CLASSES) == set(SOURCES), "every registered source needs its class count"
+assert set(NUM_CLASSES) == set(BUILTIN_SOURCES), "every built-in source needs its class count"
 
 DEFAULT_SHOT_THRESHOLDS: dict[str, dict[str, int]] = {
     name: dict(DEFAULT_THRESHOLDS) for name in SOURCES
@@ -371,7 +376,23 @@ DEFAULT_SHOT_THRESHOLDS["digits"] = {"many": 50, "few": 20}
 
 def num_classes_of(dataset_cfg: dict[str, Any]) -> int:
     """Classes of a data set entry without opening it: its ``num_classes`` or its source's."""
-    return int(dataset_cfg.get("num_classes") or NUM_CLASSES[dataset_cfg["source"]])
+    src = dataset_cfg["source"]
+    return int(dataset_cfg.get("num_classes") or NUM_CLASSES.get(src)
+               or source_class(src).num_classes)
+
+
+def source_class(name: str) -> type[Source]:
+    """The ``Source`` subclass of plug-in source ``name`` (entry point ``ltpipe.sources``),
+    imported on first use; one that is not a ``Source`` subclass with a positive class count
+    is an ``LtpipeError`` naming its distribution and the fix."""
+    cls, where = plugins.load("sources", name)
+    if not (isinstance(cls, type) and issubclass(cls, Source)):
+        raise LtpipeError(f"{where} is not a subclass of ltpipe.data.sources.Source; point the "
+                          "entry point at one (e.g. a subclass of ArraySource)")
+    if not (isinstance(cls.num_classes, int) and cls.num_classes >= 1):
+        raise LtpipeError(f"{where}: num_classes={cls.num_classes!r}; set the class attribute "
+                          "num_classes to the number of classes")
+    return cls
 
 
 def val_per_class_problem(source: str, value: Any) -> str | None:
