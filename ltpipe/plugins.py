@@ -21,6 +21,7 @@ See docs/extending.md.
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.metadata as md
 from collections.abc import Iterable
 from typing import Any
@@ -42,6 +43,7 @@ def _all_entry_points() -> dict[str, list[md.EntryPoint]]:
 
 def clear_cache() -> None:
     """Forget scanned and loaded plug-ins (after changing ``sys.path``, e.g. in tests)."""
+    importlib.invalidate_caches()  # importlib.metadata's cached directory listings too
     _all_entry_points.cache_clear()
     load.cache_clear()
 
