@@ -200,8 +200,8 @@ def test_example_plugin_end_to_end(tmp_path):
         path = work / "config.yaml"
         path.write_text(yaml.safe_dump(config))
         proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
-                               "-d", str(work), "--configfile", str(path),
-                               "results/summary.csv", *args],
+                               "-d", str(work), "results/summary.csv", *args,
+                               "--configfile", str(path)],
                               capture_output=True, text=True, env=env, timeout=1800)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         return proc.stdout + proc.stderr

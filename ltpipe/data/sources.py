@@ -1,6 +1,7 @@
 """Data sources: where the images come from, and how each source's split indices are chosen.
 
-``SOURCES`` maps a source name to a factory ``open_source(dataset_cfg) -> Source``. A source
+``SOURCES`` maps a source name to a factory ``open_source(dataset_cfg) -> Source`` (plug-in
+sources, entry points ``ltpipe.sources``, join it: docs/extending.md). A source
 knows its classes, its image shape, a content fingerprint, its *pools* (the source's own
 sets: CIFAR/Fashion-MNIST ``train``/``test``; digits one pool ``all``; list files one pool per
 list file) and how the split parts ``train``/``val``/``test`` are drawn from them:

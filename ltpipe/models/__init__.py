@@ -4,7 +4,8 @@
 CIFAR ResNets ``resnet8`` / ``resnet20`` / ``resnet32``, torchvision's ``resnet10`` /
 ``resnet18`` / ``resnet34`` / ``resnet50`` / ``resnext50_32x4d`` / ``resnet152``, and the CIFAR
 forms ``resnet18_cifar`` / ``resnet34_cifar``. ``model_from_spec(model.spec)`` rebuilds one;
-``init_weights.load_init_weights`` starts a backbone from a weights file.
+``init_weights.load_init_weights`` starts a backbone from a weights file. Plug-in architectures
+(entry points ``ltpipe.architectures``, docs/extending.md) are built by name the same way.
 """
 
 from ltpipe.models import cifar_resnet, tv_resnet  # noqa: F401  (registers the backbones)
