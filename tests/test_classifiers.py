@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ltpipe.classifiers import METHODS, method_defaults, method_needs, run_method
+from ltpipe.classifiers import METHODS, method_defaults, method_needs, method_spec, run_method
 from ltpipe.classifiers.bwlm import review_indices
 from ltpipe.classifiers.common import ClassScale, stage_one_head
 from ltpipe.classifiers.ffn import fuse_features
@@ -455,7 +455,7 @@ def test_method_beats_chance(name):
     assert acc >= 0.75, f"{name}: accuracy {acc} (chance 0.25)"
 
 
-@pytest.mark.parametrize("name", ["crt", "lws", "ffn", "h2t", "fsa", "bwlm"])
+@pytest.mark.parametrize("name", [m for m in METHODS if method_spec(m).gpu])  # trained ones
 def test_trained_methods_are_deterministic(name):
     a, _ = run_fast(name, seed=3)
     b, _ = run_fast(name, seed=3)
