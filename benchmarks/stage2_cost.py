@@ -54,12 +54,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ltpipe.classifiers import method_names, method_spec  # noqa: E402
 from ltpipe.config import dump_settings, recipe_settings, split_settings  # noqa: E402
 from ltpipe.paths import imb_tag  # noqa: E402
 from ltpipe.yamlfile import load_yaml_strict  # noqa: E402
 
 PAPER_EPOCHS = 200  # the CIFAR-LT papers' stage-one schedule, for the extrapolated row
-SINGLE_METHODS = ("joint", "crt", "lws", "tau_norm", "ncm", "logit_adjust", "h2t", "fsa", "bwlm")
+# the methods of one backbone, from the registry (plug-ins included)
+SINGLE_METHODS = tuple(m for m in method_names() if method_spec(m).num_backbones == 1)
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
     [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
 

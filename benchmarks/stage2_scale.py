@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ltpipe.cache import CacheWriter  # noqa: E402
+from ltpipe.classifiers import method_names, method_spec  # noqa: E402
 from ltpipe.classifiers.memory import classify_mem_mb  # noqa: E402
 from ltpipe.data.split import Split, write_split  # noqa: E402
 
@@ -59,8 +60,9 @@ SIZES = {
 # Short budgets: peak memory does not depend on how long a method trains.
 SHORT = {"crt": {"epochs": 1}, "lws": {"epochs": 1}, "ffn": {"epochs": 1},
          "h2t": {"epochs": 1}, "fsa": {"iterations": 64}, "bwlm": {"iterations": 64}}
-CLOSED_FORM = ("joint", "tau_norm", "logit_adjust", "ncm")
-METHODS = ("joint", "tau_norm", "logit_adjust", "ncm", "crt", "lws", "h2t", "bwlm", "ffn", "fsa")
+# every method in the registry (plug-ins included), closed forms (torch=False) first
+METHODS = tuple(sorted(method_names(), key=lambda m: method_spec(m).torch))
+CLOSED_FORM = tuple(m for m in METHODS if not method_spec(m).torch)
 
 
 def class_counts(size: dict, scale: float) -> np.ndarray:

@@ -241,7 +241,9 @@ def as_json(obj: Any) -> str:
 # ------------------------------------------------------------------------------ domain checks
 def check_config(cfg: dict) -> None:
     """Raise one :class:`LtpipeError` listing every problem the schema cannot see."""
-    problems: list[str] = []
+    from ltpipe.plugins import plugin_problems
+
+    problems: list[str] = plugin_problems(cfg)  # clashing names, plug-ins that fail to load
     problems += _check_cache(cfg.get("cache", {}))
     for name, ds in cfg["datasets"].items():
         problems += [f"datasets.{name}: {p}" for p in _check_dataset(ds)]
@@ -357,18 +359,21 @@ def _check_recipe(cfg: dict, rc: dict) -> list[str]:
 
 
 def _check_classifier(cfg: dict, name: str, cc: dict) -> list[str]:
-    from ltpipe.classifiers import METHODS, merge_settings, method_num_backbones
+    from ltpipe.classifiers import merge_settings, method_names, method_num_backbones
 
     out = []
     method = cc["method"]
-    if method not in METHODS:
-        return [f"method: {method!r} is not registered; choose one of {sorted(METHODS)}"]
+    if method not in method_names():
+        return [f"method: {method!r} is not registered; choose one of {method_names()}"]
+    try:  # a plug-in method is imported here: an import error or a broken SPEC is refused now
+        want = method_num_backbones(method)
+    except LtpipeError as err:
+        return [f"method: {err}"]
     missing = [b for b in cc["backbones"] if b not in cfg["backbones"]]
     if missing:
         out.append(f"backbones: {missing} not defined under backbones: (defined: "
                    f"{sorted(cfg['backbones'])})")
         return out
-    want = method_num_backbones(method)
     if len(cc["backbones"]) != want:
         out.append(f"backbones: method {method!r} reads {want} backbone(s), got "
                    f"{len(cc['backbones'])}: {cc['backbones']}")

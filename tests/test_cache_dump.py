@@ -219,12 +219,10 @@ def test_classify_device_choice_is_checked(monkeypatch):
 
 def test_classify_memory_request_follows_the_cache(trained, tmp_path):
     """mem_mb grows with the arrays a method holds; FSA counts its gathered map rows, not the
-    whole map array, once that is larger than fsa.WHOLE_BYTES; constants agree with fsa's."""
-    from ltpipe.classifiers import fsa, method_needs
+    whole map array, once that is larger than the spec's map_whole_bytes (fsa.WHOLE_BYTES)."""
+    from ltpipe.classifiers import fsa, method_spec
     from ltpipe.classifiers import memory as mem
 
-    assert mem.FSA_WHOLE_BYTES == fsa.WHOLE_BYTES and mem.FSA_CHUNK_BYTES == fsa.CHUNK_BYTES
-    assert all(mem.NEEDS[m] == method_needs(m) for m in mem.NEEDS)
     cache = tmp_path / "cache.zarr"
     dump_cache(trained / "split.npz", trained / "model.pt", cache,
                {"backend": "zarr", "compression": "none", "fmap_dtype": "float16",
@@ -237,8 +235,9 @@ def test_classify_memory_request_follows_the_cache(trained, tmp_path):
         assert mem.classify_mem_mb("joint", [tmp_path / "missing.zarr"]) == mem.FALLBACK_MB
         with pytest.raises(LtpipeError, match="unknown classifier method 'nope'"):
             mem.held_bytes("nope", reader)
-    assert mem._lazy_bytes(10 * mem.FSA_WHOLE_BYTES, (1, 2)) == \
-        mem.FSA_CHUNK_FACTOR * mem.FSA_CHUNK_BYTES
+    spec = method_spec("fsa")
+    assert mem._lazy_bytes(10 * fsa.WHOLE_BYTES, (1, 2), spec) == \
+        mem.MAP_CHUNK_FACTOR * fsa.CHUNK_BYTES
 
 
 @pytest.mark.slow  # subprocesses: 15 s in the fast-tier run of docs/testing.md

@@ -328,8 +328,9 @@ def test_fused_tsne_takes_what_the_ffn_job_takes(default_cfg, monkeypatch):
     assert ltpipe_main(["plot", "tsne", "--caches", "k", "c", "--ffn-settings", '{"w1": 0.5}',
                         "--title", "t", "--out", "x.png"]) == 0
     assert (calls[0]["title"], calls[0]["w1"], calls[0]["normalize"]) == ("t (w1 0.5)", 0.5, False)
-    monkeypatch.setitem(ffn.SETTINGS, "w1", ffn.SETTINGS["w1"].with_default(0.7))
-    assert fusion_settings({"variant": "reference"}) == (0.7, True)  # FFN's declared default
+    declared = ffn.SPEC.settings["w1"].default  # FFN's declared default, read from its spec
+    assert fusion_settings({"variant": "reference"}) == (declared, True)
+    assert fusion_settings({"w1": 0.3}) == (0.3, False)
 
 
 # ---------------------------------------------------------- snakemake --report on a real run

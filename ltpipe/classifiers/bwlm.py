@@ -25,22 +25,16 @@ cited code: its MaxNorm projection (BWLM does not use it) and its re-use of the 
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from ltpipe.classifiers.common import (
-    make_loss,
-    new_head,
-    score_splits,
-    train_tensors,
-)
-from ltpipe.classifiers.trainer import (
-    TrainConfig,
-    make_generator,
-    train_head,
-    trainer_settings,
-)
+import numpy as np
+
+from ltpipe.classifiers.spec import MethodSpec
+from ltpipe.classifiers.train_settings import trainer_settings
 from ltpipe.settings import choice, number
+
+if TYPE_CHECKING:  # torch is imported inside the functions: reading SPEC must not import it
+    import torch
 
 SETTINGS = {
     "lam": number(0.1, 0, doc="lambda: weight decay of the head (cited code's stage two: 0.1)"),
@@ -60,13 +54,14 @@ SETTINGS = {
         sampler="instance",  # over the review set (already balanced by construction)
     ),
 }
-NEEDS = {"pooled"}
-NUM_BACKBONES = 1
+SPEC = MethodSpec(needs={"pooled"}, gpu=True, settings=SETTINGS)
 
 
 def review_indices(labels: torch.Tensor, num_classes: int,
                    generator: torch.Generator) -> torch.Tensor:
     """Sorted indices of the balanced review set (see module doc)."""
+    import torch
+
     counts = torch.bincount(labels, minlength=num_classes)
     order = torch.argsort(-counts, stable=True)
     m = num_classes // 2
@@ -85,6 +80,11 @@ def review_indices(labels: torch.Tensor, num_classes: int,
 
 def run(inputs: list, settings: dict, seed: int, device: torch.device) -> dict[str, np.ndarray]:
     """Train the BWLM head; return its logits per evaluated split."""
+    import torch
+
+    from ltpipe.classifiers.common import make_loss, new_head, score_splits, train_tensors
+    from ltpipe.classifiers.trainer import TrainConfig, make_generator, train_head
+
     (feat,) = inputs
     lam, sgd_decay = float(settings["lam"]), settings["decay"] == "sgd"
     cfg = TrainConfig.from_settings(settings, weight_decay=lam if sgd_decay else 0.0)

@@ -141,3 +141,14 @@ def make_loss(name: str, counts, device: torch.device, **settings) -> LossFn:
         return loss(logits, target, epoch=epoch)
 
     return fn
+
+
+class ClassScale(nn.Module):
+    """LWS's head: z_j = s_j * logits_j with learned s (init 1)."""
+
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        super().__init__()
+        self.scales = nn.Parameter(torch.ones(num_classes, device=device))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits * self.scales

@@ -13,16 +13,14 @@ consecutive images per class visit and updates the frozen backbone's BatchNorm s
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from ltpipe.classifiers.common import make_loss, new_head, score_splits, train_tensors
-from ltpipe.classifiers.trainer import (
-    TrainConfig,
-    make_generator,
-    train_head,
-    trainer_settings,
-)
+from ltpipe.classifiers.spec import MethodSpec
+from ltpipe.classifiers.train_settings import trainer_settings
+
+if TYPE_CHECKING:  # torch is imported by run() only: reading SPEC must not import it
+    import numpy as np
+    import torch
 
 # The reference's ImageNet-LT classifier stage, shared by cRT and LWS (cls_crt.yaml and
 # cls_lws.yaml differ only in the number of epochs).
@@ -37,12 +35,14 @@ KANG_IMAGENET_LT = {
     "sampler": "class_balanced",  # Kang et al.: class-balanced sampling
 }
 SETTINGS = trainer_settings(epochs=10, **KANG_IMAGENET_LT)  # Kang et al.: 10 epochs
-NEEDS = {"pooled"}
-NUM_BACKBONES = 1
+SPEC = MethodSpec(needs={"pooled"}, gpu=True, settings=SETTINGS)
 
 
 def run(inputs: list, settings: dict, seed: int, device: torch.device) -> dict[str, np.ndarray]:
     """Train a new linear head; return its logits on each evaluated split."""
+    from ltpipe.classifiers.common import make_loss, new_head, score_splits, train_tensors
+    from ltpipe.classifiers.trainer import TrainConfig, make_generator, train_head
+
     (feat,) = inputs
     cfg = TrainConfig.from_settings(settings)
     gen = make_generator(seed, device)

@@ -3,8 +3,8 @@
 ``cpu``: every job on the CPU. ``cuda``: every job leases a GPU exactly as train and dump do
 (:func:`ltpipe.train.device.lease_device`: a Slurm-assigned GPU, else a free local one under a
 lock, else the CPU where there is no CUDA; ``LTPIPE_FAKE_GPUS`` simulates slots on a CPU
-machine). ``auto``: the methods that train a head by many gradient steps (``GPU_METHODS``) lease
-a GPU, the closed-form ones (joint, tau_norm, ncm, logit_adjust) stay on the CPU. The method code
+machine). ``auto``: the methods that declare ``gpu=True`` in their spec (those that train a head by
+many gradient steps) lease a GPU, the others (the closed forms) stay on the CPU. The method code
 is the same on either device (tested on the CPU).
 
 The choice is a runtime setting (:mod:`ltpipe.runtime`): it reaches the job through the
@@ -17,7 +17,6 @@ from ltpipe.runtime import DEVICE_ENV, classify_device
 from ltpipe.utils import LtpipeError
 
 CHOICES = ("cpu", "cuda", "auto")
-GPU_METHODS = frozenset({"crt", "lws", "ffn", "h2t", "fsa", "bwlm"})
 
 
 def check_choice(choice: str) -> str:
@@ -30,8 +29,10 @@ def check_choice(choice: str) -> str:
 
 def wants_gpu(choice: str, method: str) -> bool:
     """Whether a job of ``method`` asks for a GPU (Snakemake resource ``gpu``) under ``choice``."""
+    from ltpipe.classifiers import method_spec
+
     choice = check_choice(choice)
-    return choice == "cuda" or (choice == "auto" and method in GPU_METHODS)
+    return choice == "cuda" or (choice == "auto" and method_spec(method).gpu)
 
 
 def job_device(requested: str | None, method: str) -> str | None:

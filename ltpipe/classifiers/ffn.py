@@ -17,26 +17,18 @@ Returned scores are s * cos (the LDAM scale times the classifier's cosines).
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
-from ltpipe.classifiers.common import (
-    ScaledCosineHead,
-    as_tensor,
-    make_loss,
-    new_head,
-    predict,
-)
+import numpy as np
+
 from ltpipe.classifiers.inputs import Features
-from ltpipe.classifiers.trainer import (
-    TrainConfig,
-    make_generator,
-    train_head,
-    trainer_settings,
-)
+from ltpipe.classifiers.spec import MethodSpec
+from ltpipe.classifiers.train_settings import trainer_settings
 from ltpipe.settings import choice, number
 from ltpipe.utils import LtpipeError
+
+if TYPE_CHECKING:  # torch is imported inside the functions: reading SPEC must not import it
+    import torch
 
 SETTINGS = {
     "w1": number(0.9, 0, 1, doc="weight of the KPS feature; CE gets 1 - w1 (paper: 0.5 on "
@@ -51,8 +43,7 @@ SETTINGS = {
     "lr": number(None, 0, optional=True, doc="start lr; null = the variant's"),
     "weight_decay": number(None, 0, optional=True, doc="SGD weight decay; null = the variant's"),
 }
-NEEDS = {"pooled"}
-NUM_BACKBONES = 2
+SPEC = MethodSpec(needs={"pooled"}, num_backbones=2, gpu=True, settings=SETTINGS)
 VARIANT_DEFAULTS = {"paper": {"lr": 0.1, "sampler": "instance", "weight_decay": 2e-4},
                     "reference": {"lr": 0.002, "sampler": "class_balanced", "weight_decay": 1e-4}}
 
@@ -60,6 +51,8 @@ VARIANT_DEFAULTS = {"paper": {"lr": 0.1, "sampler": "instance", "weight_decay": 
 def fuse_features(f_kps: torch.Tensor, f_ce: torch.Tensor, w1: float,
                   normalize: bool) -> torch.Tensor:
     """w1 * f_KPS + (1 - w1) * f_CE, each L2-normalized first when ``normalize``."""
+    import torch.nn.functional as F
+
     if normalize:
         f_kps, f_ce = F.normalize(f_kps, dim=1), F.normalize(f_ce, dim=1)
     return w1 * f_kps + (1.0 - w1) * f_ce
@@ -78,6 +71,17 @@ def _check_inputs(kps: Features, ce: Features) -> None:
 
 def run(inputs: list, settings: dict, seed: int, device: torch.device) -> dict[str, np.ndarray]:
     """Train the fused classifier; return s * cos scores per evaluated split."""
+    import torch
+
+    from ltpipe.classifiers.common import (
+        ScaledCosineHead,
+        as_tensor,
+        make_loss,
+        new_head,
+        predict,
+    )
+    from ltpipe.classifiers.trainer import TrainConfig, make_generator, train_head
+
     kps, ce = inputs
     _check_inputs(kps, ce)
     variant = settings["variant"]

@@ -1,12 +1,18 @@
-"""FSA building blocks: head/tail split, confusing classes, CAM position sets, recombination.
+"""FSA building blocks: head/tail split, confusing classes, CAM position sets, recombination,
+and the batch builder (``make_augment``) that ``ltpipe.classifiers.fsa.run`` trains with.
 
 All functions are batched torch (no Python loops over samples or positions).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from ltpipe.classifiers import fsa  # its constants, read at call time (tests patch them)
+from ltpipe.classifiers.common import as_tensor
+from ltpipe.classifiers.inputs import CachedRows, Features, take_rows
+from ltpipe.data.samplers import LabelSampler
 from ltpipe.utils import LtpipeError
 
 
@@ -82,3 +88,102 @@ def recombine(vectors: torch.Tensor, spec_src: torch.Tensor, spec_use: torch.Ten
     pos = torch.where(from_spec, draws[:b], draws[b:])
     src = torch.where(from_spec, spec_src[:, None], gen_src[:, None])
     return vectors[src, pos].float().mean(1)
+
+
+class _Pool:
+    """Uniform draws over a subset of samples, or over its classes then within a class."""
+
+    def __init__(self, members: torch.Tensor, by_class: LabelSampler, class_balanced: bool):
+        self.members, self.by_class = members, by_class
+        self.classes = by_class.labels[members].unique()
+        self.class_balanced = class_balanced
+
+    def draw(self, num: int, gen: torch.Generator) -> torch.Tensor:
+        if self.class_balanced:
+            pick = torch.randint(len(self.classes), (num,), generator=gen, device=gen.device)
+            return self.by_class.draw_within(self.classes[pick], gen)
+        pick = torch.randint(len(self.members), (num,), generator=gen, device=gen.device)
+        return self.members[pick]
+
+
+def _map_rows(fmap, device: torch.device):
+    """``gather(idx)`` -> (vectors [U, L, D] of the unique rows of ``idx``, position-major in the
+    cached dtype; index of each ``idx`` entry into them; non-zero mask [U, L]).
+
+    A cached map array (:class:`CachedRows`) of at most ``WHOLE_BYTES`` is read once; a larger
+    one is read a chunk of batches at a time, only the rows those batches sample.
+    """
+    whole = not isinstance(fmap, CachedRows) or fmap.nbytes <= fsa.WHOLE_BYTES
+    if whole:
+        arr = fmap.read_all() if isinstance(fmap, CachedRows) else fmap
+        vectors = torch.as_tensor(np.ascontiguousarray(arr)).to(device).flatten(2)
+        vectors = vectors.transpose(1, 2).contiguous()
+        nonzero = vectors.ne(0).any(2)
+
+        def gather(idx: torch.Tensor):
+            return vectors, idx, nonzero
+        return gather
+
+    def gather(idx: torch.Tensor):
+        uniq, local = torch.unique(idx, return_inverse=True)
+        rows = take_rows(fmap, uniq.cpu().numpy())
+        vec = torch.as_tensor(rows).to(device).flatten(2).transpose(1, 2).contiguous()
+        return vec, local, vec.ne(0).any(2)
+    return gather
+
+
+def make_augment(feat: Features, settings: dict, device: torch.device):
+    """The trainer hook returning one FSA batch per call (ignores the trainer's indices).
+
+    Maps are gathered per chunk of batches (see ``_map_rows``); position sets are made usable
+    (``usable_positions``, row-wise) for the gathered rows only, which gives the same batches
+    as doing it for every row up front.
+    """
+    fmap = feat.require("train", "fmap", "fsa")
+    shape = tuple(fmap.shape)
+    gather = _map_rows(fmap, device)
+    cam = as_tensor(feat.require("train", "cam", "fsa"), device).flatten(1)  # [N, L]
+    y = as_tensor(feat.train["labels"], device, torch.long)
+    counts = torch.bincount(y, minlength=feat.num_classes)
+    head = head_class_mask(counts, float(settings["h_r"]))
+    is_head = head[y]
+    if is_head.all():
+        raise LtpipeError(f"fsa: h_r={settings['h_r']} leaves no tail classes; lower h_r")
+    by_class = LabelSampler(y, num_classes=feat.num_classes)
+    tails = _Pool(torch.nonzero(~is_head).squeeze(1), by_class,
+                  settings["tail_sampler"] == "class_balanced")
+    heads = _Pool(torch.nonzero(is_head).squeeze(1), by_class, False)
+    logits = as_tensor(feat.require("train", "logits", "fsa"), device)
+    confusing = confusing_classes(logits, y, feat.num_classes, int(settings["n_f"]))
+    n_t, n_a, n_f = int(settings["n_t"]), int(settings["n_a"]), int(settings["n_f"])
+    slot = torch.arange(n_a, device=device) % n_f
+    spec, generic = position_sets(cam, float(settings["tau_s"]), float(settings["tau_g"]))
+
+    batch_bytes = n_t * n_a * int(np.prod(shape[1:])) * 4
+    chunk = max(1, min(fsa.MAX_CHUNK, fsa.CHUNK_BYTES // batch_bytes))
+
+    def build(k: int, x: torch.Tensor, labels: torch.Tensor, gen: torch.Generator):
+        """``k`` batches at once: [k, B, D] features and [k, B] labels."""
+        tail = tails.draw(k * n_t, gen)
+        c = labels[tail]
+        other = by_class.draw_within(confusing[c][:, slot].reshape(-1), gen)
+        rep = tail.repeat_interleave(n_a)
+        ratio = torch.rand(len(rep), generator=gen, device=x.device)
+        vectors, local, nonzero = gather(torch.cat([rep, other]))
+        lr, lo = local[:len(rep)], local[len(rep):]
+        aug = recombine(vectors, lr, usable_positions(spec[rep], nonzero[lr]), lo,
+                        usable_positions(generic[other], nonzero[lo]), ratio, gen)
+        head_idx = heads.draw(k * n_t * (1 + n_a), gen).view(k, -1)
+        xb = torch.cat([x[tail].view(k, n_t, -1), aug.view(k, n_t * n_a, -1), x[head_idx]], 1)
+        yb = torch.cat([c.view(k, n_t), c.repeat_interleave(n_a).view(k, -1),
+                        labels[head_idx]], 1)
+        return list(zip(xb.unbind(0), yb.unbind(0), strict=True))
+
+    queue: list = []
+
+    def augment(idx, x, labels, gen):
+        if not queue:
+            queue.extend(reversed(build(chunk, x, labels, gen)))
+        return queue.pop()
+
+    return augment

@@ -19,22 +19,15 @@ reference sets the lr once per epoch and never reaches 0; here it follows the co
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from ltpipe.classifiers.common import (
-    make_loss,
-    score_splits,
-    stage_one_head,
-    train_tensors,
-)
-from ltpipe.classifiers.trainer import (
-    TrainConfig,
-    make_generator,
-    train_head,
-    trainer_settings,
-)
+from ltpipe.classifiers.spec import MethodSpec
+from ltpipe.classifiers.train_settings import trainer_settings
 from ltpipe.settings import number
+
+if TYPE_CHECKING:  # torch is imported inside the functions: reading SPEC must not import it
+    import numpy as np
+    import torch
 
 SETTINGS = {
     "rho": number(0.25, 0, 1, doc="fraction of channels taken from the donor (CIFAR-100: 0.25)"),
@@ -49,13 +42,14 @@ SETTINGS = {
         sampler="class_balanced",  # receivers' sampler; donors are always instance-sampled
     ),
 }
-NEEDS = {"pooled"}
-NUM_BACKBONES = 1
+SPEC = MethodSpec(needs={"pooled"}, gpu=True, settings=SETTINGS)
 
 
 def channel_subset(dim: int, rho: float, generator: torch.Generator,
                    device: torch.device) -> torch.Tensor:
     """int(rho * dim) distinct channel indices drawn uniformly."""
+    import torch
+
     k = int(rho * dim)
     return torch.randperm(dim, generator=generator, device=device)[:k]
 
@@ -71,6 +65,8 @@ def fuse_channels(receiver: torch.Tensor, donor: torch.Tensor,
 def make_augment(rho: float):
     """The trainer hook: receivers from the sampler, donors uniform, one channel set per batch."""
 
+    import torch
+
     def augment(idx, x, y, generator):
         donors = torch.randint(len(y), idx.shape, generator=generator, device=x.device)
         channels = channel_subset(x.shape[1], rho, generator, x.device)
@@ -81,6 +77,9 @@ def make_augment(rho: float):
 
 def run(inputs: list, settings: dict, seed: int, device: torch.device) -> dict[str, np.ndarray]:
     """Fine-tune the stage-one head on fused features; return logits per evaluated split."""
+    from ltpipe.classifiers.common import make_loss, score_splits, stage_one_head, train_tensors
+    from ltpipe.classifiers.trainer import TrainConfig, make_generator, train_head
+
     (feat,) = inputs
     cfg = TrainConfig.from_settings(settings)
     gen = make_generator(seed, device)

@@ -147,7 +147,7 @@ def features_from_cache(reader: Any, need: set[str]) -> Features:
 
     ``reader`` is what ``ltpipe.cache.open_cache`` returns (``read(group, name)``,
     ``names(group)``, ``manifest``). ``need`` is a subset of {"pooled", "logits", "fmap", "cam"}
-    (a method's ``NEEDS``); "fmap" and "cam" are read for the train split only, and "fmap" is
+    (a method's ``SPEC.needs``); "fmap" and "cam" are read for the train split only, and "fmap" is
     a :class:`CachedRows` that reads rows on demand, so ``reader`` must stay open while the
     features are used.
     """

@@ -65,13 +65,11 @@ def run_classifier_job(*, split_path: str, cache_paths: list[str], method: str, 
     interpreter, torch, ltpipe; None where the process start is unknown), ``load`` (opening the
     caches and reading the arrays), ``fit`` (the method), ``write`` (scoring and writing).
     """
-    from ltpipe.classifiers import METHODS, method_needs, method_uses_torch, run_method
+    from ltpipe.classifiers import method_needs, method_uses_torch, run_method
     from ltpipe.classifiers.inputs import features_from_cache
     from ltpipe.data import read_split
     from ltpipe.evaluate import accuracy_report
 
-    if method not in METHODS:
-        raise LtpipeError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     if method_uses_torch(method):  # the closed-form methods never import torch (~3 s a job)
         import torch
 

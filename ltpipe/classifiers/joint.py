@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ltpipe.classifiers.spec import MethodSpec
+
 SETTINGS: dict = {}
-NEEDS = {"logits"}
-NUM_BACKBONES = 1
-TORCH = False  # numpy only: the job never imports torch
+SPEC = MethodSpec(needs={"logits"}, torch=False, settings=SETTINGS)  # numpy only
 
 
 def run(inputs: list, settings: dict, seed: int, device) -> dict[str, np.ndarray]:

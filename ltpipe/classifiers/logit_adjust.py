@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ltpipe.classifiers.spec import MethodSpec
 from ltpipe.settings import number
 
 SETTINGS = {
     "tau": number(1.0, doc="strength of the prior correction; 0 = the joint head unchanged"),
 }
-NEEDS = {"logits"}
-NUM_BACKBONES = 1
-TORCH = False  # numpy only: the job never imports torch
+SPEC = MethodSpec(needs={"logits"}, torch=False, settings=SETTINGS)  # numpy only
 
 
 def log_prior(counts: np.ndarray) -> np.ndarray:

@@ -10,37 +10,25 @@ lr 0.2 cosine to 0, 5 epochs of int(N / batch) steps; see ``crt`` for the epoch)
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-from ltpipe.classifiers.common import make_loss, score_splits, train_tensors
 from ltpipe.classifiers.crt import KANG_IMAGENET_LT
-from ltpipe.classifiers.trainer import (
-    TrainConfig,
-    make_generator,
-    train_head,
-    trainer_settings,
-)
+from ltpipe.classifiers.spec import MethodSpec
+from ltpipe.classifiers.train_settings import trainer_settings
+
+if TYPE_CHECKING:  # torch is imported by run() only: reading SPEC must not import it
+    import numpy as np
+    import torch
 
 SETTINGS = trainer_settings(epochs=5, **KANG_IMAGENET_LT)  # Kang et al.: 5 epochs
-NEEDS = {"logits"}
-NUM_BACKBONES = 1
-
-
-class ClassScale(nn.Module):
-    """z_j = s_j * logits_j with learned s (init 1)."""
-
-    def __init__(self, num_classes: int, device: torch.device) -> None:
-        super().__init__()
-        self.scales = nn.Parameter(torch.ones(num_classes, device=device))
-
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits * self.scales
+SPEC = MethodSpec(needs={"logits"}, gpu=True, settings=SETTINGS)
 
 
 def run(inputs: list, settings: dict, seed: int, device: torch.device) -> dict[str, np.ndarray]:
     """Learn per-class scales on the train logits; return scaled logits per evaluated split."""
+    from ltpipe.classifiers.common import ClassScale, make_loss, score_splits, train_tensors
+    from ltpipe.classifiers.trainer import TrainConfig, make_generator, train_head
+
     (feat,) = inputs
     cfg = TrainConfig.from_settings(settings)
     gen = make_generator(seed, device)

@@ -15,8 +15,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ltpipe.classifiers import method_spec
 from ltpipe.classifiers.inputs import LAZY, SPLITS, TRAIN_ONLY
-from ltpipe.utils import LtpipeError
+from ltpipe.classifiers.spec import MethodSpec
 
 BASE_MB = 1000     # python + numpy + torch + ltpipe, with margin (measured RSS 640-730 MB on a
                    # tiny cache, benchmarks/stage2_scale.py)
@@ -24,23 +25,16 @@ GPU_HOST_MB = 1500  # host memory of a CUDA context and its libraries, for a job
 COPIES = 2.0       # held arrays x this: one working copy of everything (tensors, features)
 ROUND_MB = 256     # requests are rounded up to a multiple of this
 FALLBACK_MB = 4000  # when a cache does not exist yet (a dry run before the dump)
-# Peak memory of FSA's map handling besides the held arrays: the rows of one chunk of batches
-# (fsa.CHUNK_BYTES of float32 maps), their position-major copy and the recombination gather.
-FSA_CHUNK_FACTOR = 6
-# The methods' NEEDS and FSA's map constants, copied here so that computing a request (in the
-# Snakemake process, per job) never imports torch; tests/test_classifiers.py checks they agree.
-NEEDS = {"joint": {"logits"}, "crt": {"pooled"}, "lws": {"logits"}, "tau_norm": {"pooled"},
-         "ncm": {"pooled"}, "logit_adjust": {"logits"}, "ffn": {"pooled"}, "h2t": {"pooled"},
-         "fsa": {"pooled", "logits", "fmap", "cam"}, "bwlm": {"pooled"}}
-FSA_WHOLE_BYTES = 512 << 20
-FSA_CHUNK_BYTES = 32 << 20
+# Peak memory of map handling (FSA) besides the held arrays: the rows of one chunk of batches
+# (the spec's map_chunk_bytes of float32 maps), their position-major copy and the recombination
+# gather.
+MAP_CHUNK_FACTOR = 6
 
 
 def held_bytes(method: str, reader: Any) -> int:
     """Bytes of the arrays a job of ``method`` holds from one open cache (``reader``)."""
-    if method not in NEEDS:
-        raise LtpipeError(f"unknown classifier method {method!r}; expected one of {sorted(NEEDS)}")
-    need = NEEDS[method]
+    spec = method_spec(method)  # the method's own declaration; no torch import
+    need = spec.needs
     groups = set(reader.groups())
     total = 0
     for split in SPLITS:
@@ -54,7 +48,7 @@ def held_bytes(method: str, reader: Any) -> int:
             shape, dtype = reader.shape(split, name), reader.dtype(split, name)
             stored = math.prod(shape) * dtype.itemsize
             if name in LAZY:
-                total += _lazy_bytes(stored, shape)
+                total += _lazy_bytes(stored, shape, spec)
                 continue
             total += stored + (0 if dtype.itemsize == 4 else math.prod(shape) * 4)
         if split != "train":
@@ -64,12 +58,13 @@ def held_bytes(method: str, reader: Any) -> int:
     return total
 
 
-def _lazy_bytes(stored: int, shape: tuple) -> int:
-    """Memory for maps read on demand: whole when small enough, else one chunk of rows."""
-    if stored <= FSA_WHOLE_BYTES:
+def _lazy_bytes(stored: int, shape: tuple, spec: MethodSpec) -> int:
+    """Memory for maps read on demand: whole when small enough (the spec's
+    ``map_whole_bytes``), else one chunk of rows (its ``map_chunk_bytes``)."""
+    if stored <= spec.map_whole_bytes:
         # the array as read, its position-major copy and the non-zero mask
         return 2 * stored + math.prod(shape[:1] + shape[2:])
-    return FSA_CHUNK_FACTOR * FSA_CHUNK_BYTES
+    return MAP_CHUNK_FACTOR * spec.map_chunk_bytes
 
 
 def classify_mem_mb(method: str, cache_paths: Iterable[str | Path],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ltpipe.classifiers.spec import MethodSpec
 from ltpipe.classifiers.tau_norm import l2_normalize
 from ltpipe.settings import flag
 
@@ -18,9 +19,7 @@ SETTINGS = {
     "center": flag(True, "subtract the mean train feature first"),
     "normalize": flag(True, "L2-normalize features (after centering)"),
 }
-NEEDS = {"pooled"}
-NUM_BACKBONES = 1
-TORCH = False  # numpy only: the job never imports torch
+SPEC = MethodSpec(needs={"pooled"}, torch=False, settings=SETTINGS)  # numpy only
 EMPTY_CLASS_SCORE = -1e4
 CHUNK = 8192  # rows scored at a time
 

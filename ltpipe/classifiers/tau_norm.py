@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ltpipe.classifiers.spec import MethodSpec
 from ltpipe.settings import number
 
 SETTINGS = {
     "tau": number(1.0, 0, doc="exponent of the row norm; 0 = no rescaling, 1 = unit-norm rows"),
 }
-NEEDS = {"pooled"}
-NUM_BACKBONES = 1
-TORCH = False  # numpy only: the job never imports torch
+SPEC = MethodSpec(needs={"pooled"}, torch=False, settings=SETTINGS)  # numpy only
 CHUNK = 8192  # rows scored at a time
 
 

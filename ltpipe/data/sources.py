@@ -1,6 +1,7 @@
 """Data sources: where the images come from, and how each source's split indices are chosen.
 
-``SOURCES`` maps a source name to a factory ``open_source(dataset_cfg) -> Source``. A source
+``SOURCES`` maps a source name to a factory ``open_source(dataset_cfg) -> Source`` (plug-in
+sources, entry points ``ltpipe.sources``, join it: docs/extending.md). A source
 knows its classes, its image shape, a content fingerprint, its *pools* (the source's own
 sets: CIFAR/Fashion-MNIST ``train``/``test``; digits one pool ``all``; list files one pool per
 list file) and how the split parts ``train``/``val``/``test`` are drawn from them:
@@ -43,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from ltpipe import plugins
 from ltpipe.data import formats
 from ltpipe.data.listfile import FileListData, parse_list_file
 from ltpipe.data.profiles import class_counts, lt_counts, select_lt_and_val, stratified_holdout
@@ -611,6 +613,10 @@ SOURCES: dict[str, Callable[[dict[str, Any]], Source]] = {
 }
 """The registry of data sources: every other list of sources (the config schema's choices, the
 config checks, the report's class counts) is read from here."""
+#: the sources of this package; plug-in sources (entry points ``ltpipe.sources``) join SOURCES
+BUILTIN_SOURCES: tuple[str, ...] = tuple(SOURCES)
+SOURCES.update({name: (lambda cfg, _n=name: source_class(_n)(cfg)) for name in plugins.names(
+    "sources") if name not in BUILTIN_SOURCES})
 
 #: the user's own data (image folders, list files): native counts or a profile, either
 USER_SOURCES: tuple[str, ...] = ("listfile", "imagefolder")
@@ -627,7 +633,7 @@ NUM_CLASSES: dict[str, int] = {
     **{name: layout[0] for name, layout in ListSource.LAYOUTS.items()},
     **{name: None for name in USER_SOURCES},  # read from the data (num_classes_of)
 }
-assert set(NUM_CLASSES) == set(SOURCES), "every registered source needs its class count"
+assert set(NUM_CLASSES) == set(BUILTIN_SOURCES), "every built-in source needs its class count"
 
 DEFAULT_SHOT_THRESHOLDS: dict[str, dict[str, int]] = {
     name: dict(DEFAULT_THRESHOLDS) for name in SOURCES
@@ -637,10 +643,27 @@ DEFAULT_SHOT_THRESHOLDS["digits"] = {"many": 50, "few": 20}
 
 def num_classes_of(dataset_cfg: dict[str, Any]) -> int:
     """Classes of a data set entry: its ``num_classes`` or its source's; the user's own data
-    (``USER_SOURCES``) is opened (class folders or the class names file; no image is read)."""
-    if dataset_cfg["source"] in USER_SOURCES:
+    (``USER_SOURCES``) is opened (class folders or the class names file; no image is read), a
+    plug-in source's class is imported (its ``num_classes``)."""
+    src = dataset_cfg["source"]
+    if src in USER_SOURCES:
         return _opened(json.dumps(dataset_cfg, sort_keys=True)).num_classes
-    return int(dataset_cfg.get("num_classes") or NUM_CLASSES[dataset_cfg["source"]])
+    return int(dataset_cfg.get("num_classes") or NUM_CLASSES.get(src)
+               or source_class(src).num_classes)
+
+
+def source_class(name: str) -> type[Source]:
+    """The ``Source`` subclass of plug-in source ``name`` (entry point ``ltpipe.sources``),
+    imported on first use; one that is not a ``Source`` subclass with a positive class count
+    is an ``LtpipeError`` naming its distribution and the fix."""
+    cls, where = plugins.load("sources", name)
+    if not (isinstance(cls, type) and issubclass(cls, Source)):
+        raise LtpipeError(f"{where} is not a subclass of ltpipe.data.sources.Source; point the "
+                          "entry point at one (e.g. a subclass of ArraySource)")
+    if not (isinstance(cls.num_classes, int) and cls.num_classes >= 1):
+        raise LtpipeError(f"{where}: num_classes={cls.num_classes!r}; set the class attribute "
+                          "num_classes to the number of classes")
+    return cls
 
 
 def val_per_class_problem(source: str, value: Any) -> str | None:

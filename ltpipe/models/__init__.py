@@ -6,7 +6,8 @@ CIFAR ResNets ``resnet8`` / ``resnet20`` / ``resnet32``, torchvision's ``resnet1
 forms ``resnet18_cifar`` / ``resnet34_cifar``; torchvision's ConvNeXt, ViT, Swin, EfficientNet,
 RegNet, DenseNet, MobileNetV2 and further ResNets under their torchvision names (``tv_zoo``).
 ``model_from_spec(model.spec)`` rebuilds one; ``init_weights.load_init_weights`` starts a
-backbone from a weights file.
+backbone from a weights file. Plug-in architectures (entry points ``ltpipe.architectures``,
+docs/extending.md) are built by name the same way.
 """
 
 from ltpipe.models import cifar_resnet, tv_resnet, tv_zoo  # noqa: F401  (registers the backbones)

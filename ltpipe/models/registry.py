@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from ltpipe import plugins
 from ltpipe.models.afa import AFAModule, normalize_afa_config
 from ltpipe.models.base import LTModel
 from ltpipe.models.heads import HEAD_KINDS, make_head
@@ -36,9 +37,29 @@ def register_model(name: str) -> Callable[[Callable[..., Any]], Callable[..., An
     return deco
 
 
-def model_names() -> list[str]:
-    """Registered model names, sorted."""
+def builtin_model_names() -> list[str]:
+    """The names registered in this package (``register_model``), sorted."""
     return sorted(MODELS)
+
+
+def model_names() -> list[str]:
+    """Registered model names and plug-in architectures (entry points
+    ``ltpipe.architectures``), sorted."""
+    return sorted(set(MODELS) | set(plugins.names("architectures")))
+
+
+def _constructor(name: str) -> Callable[..., Any]:
+    """The constructor of ``name``: a registered one, else a plug-in's (imported on first use;
+    a plug-in that reuses a registered name is refused by the config check)."""
+    if name in MODELS:
+        return MODELS[name]
+    if name in plugins.names("architectures"):
+        ctor, where = plugins.load("architectures", name)
+        if not callable(ctor):
+            raise LtpipeError(f"{where} is not callable; point the entry point at a backbone "
+                              "constructor f(in_channels, **kwargs) -> ltpipe.models.Backbone")
+        return ctor
+    raise LtpipeError(f"unknown model {name!r}; registered: {model_names()}")
 
 
 def _jsonable(value: Any) -> Any:
@@ -62,9 +83,7 @@ def _check_kwargs(name: str, ctor: Callable[..., Any], kwargs: dict[str, Any]) -
 def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
     """Raise ``LtpipeError`` if ``kwargs`` are not settings of registered model ``name``
     (what ``build_model`` checks, without building anything)."""
-    if name not in MODELS:
-        raise LtpipeError(f"unknown model {name!r}; registered: {model_names()}")
-    _check_kwargs(name, MODELS[name], kwargs)
+    _check_kwargs(name, _constructor(name), kwargs)
 
 
 def _afa_hw(input_size: Any, strides: list[int]) -> int:
@@ -90,15 +109,13 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, head: str = "
     ``input_size`` (int or [H, W], default 32 for CIFAR ResNets, 224 for torchvision ones): the
     training input size, used only to size the AFA module's HW x HW maps.
     """
-    if name not in MODELS:
-        raise LtpipeError(f"unknown model {name!r}: registered models are {model_names()}")
+    ctor = _constructor(name)
     if not (isinstance(num_classes, int) and num_classes >= 1):
         raise LtpipeError(f"num_classes must be a positive int, got {num_classes!r}")
     if not (isinstance(in_channels, int) and in_channels >= 1):
         raise LtpipeError(f"in_channels must be a positive int, got {in_channels!r}")
     if head not in HEAD_KINDS:
         raise LtpipeError(f"unknown head {head!r}: expected one of {list(HEAD_KINDS)}")
-    ctor = MODELS[name]
     _check_kwargs(name, ctor, kwargs)
     kwargs = {k: _jsonable(v) for k, v in kwargs.items()}
     ctor_kwargs = {k: v for k, v in kwargs.items() if k != "input_size"}
