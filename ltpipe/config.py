@@ -19,11 +19,35 @@ from ltpipe.paths import Layout, imb_tag
 from ltpipe.utils import LtpipeError
 from ltpipe.yamlfile import load_yaml_strict
 
-COMPRESSION = {"zarr": {"zstd", "lz4", "blosc", "none"}, "hdf5": {"gzip", "lzf", "none"}}
 RECIPE_META_KEYS = {"seeds", "datasets"}  # recipe keys that place jobs, not trainer settings
 
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def schema_with_choices() -> dict:
+    """The config schema with every list of choices filled in from the code that owns it: the
+    schema file holds structure only, so no choice is spelled twice. Data sources from their
+    registry (``ltpipe.data.sources.SOURCES``), cache backends, compressions and feature-map
+    precisions from ``ltpipe.cache.format``, ``change_detection`` from ``ltpipe.data.watch``,
+    ``classify_device`` from
+    ``ltpipe.classifiers.device.CHOICES``. A recipe's values are checked by its declarations
+    (``ltpipe.train.recipe.RECIPE_SETTINGS``), not by the schema."""
+    from ltpipe.cache.format import BACKENDS, FMAP_DTYPES, compressions
+    from ltpipe.classifiers.device import CHOICES
+    from ltpipe.data.watch import MODES
+
+    schema = load_yaml_strict(SCHEMA_PATH)
+    props = schema["properties"]
+    dataset = props["datasets"]["additionalProperties"]["properties"]
+    dataset["source"]["enum"] = list(SOURCES)
+    dataset["change_detection"]["enum"] = list(MODES)
+    cache = props["cache"]["properties"]
+    cache["backend"]["enum"] = list(BACKENDS)
+    cache["compression"]["enum"] = sorted({c for cs in compressions().values() for c in cs})
+    cache["fmap_dtype"]["enum"] = list(FMAP_DTYPES)
+    props["classify_device"]["enum"] = list(CHOICES)
+    return schema
 
 
 def validate_schema(cfg: dict) -> None:
@@ -37,10 +61,7 @@ def validate_schema(cfg: dict) -> None:
         if isinstance(keys, dict) for fix in retired(keys)]
     if old:
         raise LtpipeError("config uses retired keys:\n  - " + "\n  - ".join(old))
-    schema = load_yaml_strict(SCHEMA_PATH)
-    # the data sources' choices come from their registry (ltpipe.data.sources.SOURCES)
-    entry = schema["properties"]["datasets"]["additionalProperties"]
-    entry["properties"]["source"]["enum"] = list(SOURCES)
+    schema = schema_with_choices()
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=str)
     if errors:
         lines = []
@@ -248,7 +269,9 @@ def check_config(cfg: dict) -> None:
     for name, ds in cfg["datasets"].items():
         problems += [f"datasets.{name}: {p}" for p in _check_dataset(ds)]
     for name, rc in cfg["backbones"].items():
-        problems += [f"backbones.{name}: {p}" for p in _check_recipe(cfg, rc)]
+        # a problem of one key comes as ".key: ...": backbones.NAME.key names it
+        problems += [f"backbones.{name}{p}" if p.startswith(".") else f"backbones.{name}: {p}"
+                     for p in _check_recipe(cfg, rc)]
     for name, cc in cfg["classifiers"].items():
         problems += [f"classifiers.{name}: {p}" for p in _check_classifier(cfg, name, cc)]
     if problems:
@@ -256,10 +279,12 @@ def check_config(cfg: dict) -> None:
 
 
 def _check_cache(c: dict) -> list[str]:
+    from ltpipe.cache.format import compressions
+
     backend, comp = c.get("backend", "zarr"), c.get("compression", "none")
-    if comp not in COMPRESSION[backend]:
+    if comp not in (allowed := compressions()[backend]):
         return [f"cache.compression: {comp!r} is not available with backend {backend!r}; "
-                f"choose one of {sorted(COMPRESSION[backend])}"]
+                f"choose one of {sorted(allowed)}"]
     return []
 
 
@@ -339,7 +364,14 @@ def _check_recipe(cfg: dict, rc: dict) -> list[str]:
     loss = rc.get("loss", RECIPE_DEFAULTS.get("loss", "ce"))
     if loss not in LOSSES:
         out.append(f"loss: {loss!r} is not registered; choose one of {sorted(LOSSES)}")
-    if not out:  # the trainer's own checks: values, ranges, loss and AFA settings
+    from ltpipe.train.recipe import RECIPE_SETTINGS
+
+    for key in sorted(set(rc) & set(RECIPE_SETTINGS)):  # each value against its declaration
+        setting = RECIPE_SETTINGS[key]
+        if not setting.ok(rc[key]):
+            doc = f" ({setting.doc})" if setting.doc else ""
+            out.append(f".{key}: {rc[key]!r} is invalid; expected {setting.expect}{doc}")
+    if not out:  # the trainer's own checks across keys: loss and AFA settings
         from ltpipe.losses import loss_settings
         from ltpipe.train.recipe import normalize_recipe
 

@@ -137,7 +137,8 @@ BAD = [
     (lambda c: c["datasets"]["digits"].update(imbalance_factors=[0.5]), "imbalance factor"),
     (lambda c: c["datasets"]["digits"].update(source="mnist"), "choose one of"),
     (lambda c: c["cache"].update(backend="npz"), "choose one of"),
-    (lambda c: c["backbones"]["ce"].update(epochs="ten"), "is not of type 'integer'"),
+    (lambda c: c["cache"].update(compression="brotli"), "choose one of"),
+    (lambda c: c.update(classify_device="tpu"), "choose one of"),
     (lambda c: c["classifiers"]["crt"].update(backbones=[]), "should be non-empty"),
     (lambda c: c["datasets"]["digits"].update(val_per_class=-1),
      r"datasets\.digits\.val_per_class: -1 is less than the minimum of 0; expected: an integer"),
@@ -161,6 +162,9 @@ DOMAIN = [
     (lambda c: c["backbones"]["ce"].update(architecture="resnet9000"), "not registered"),
     (lambda c: c["backbones"]["ce"].update(loss="hinge"), "'hinge' is not registered"),
     (lambda c: c["backbones"]["ce"].update(learning_rate=0.1), "unknown key"),
+    (lambda c: c["backbones"]["ce"].update(epochs="ten"),
+     r"backbones\.ce\.epochs: 'ten' is invalid; expected an integer in \[1, inf\]"),
+    (lambda c: c["backbones"]["ce"].update(momentum=1.5), r"backbones\.ce\.momentum: 1\.5"),
     (lambda c: c["backbones"]["ce"].update(milestones=[20, 10]), "milestones"),
     (lambda c: c["backbones"]["ce"].update(loss_settings={"gama": 2}), "not settings of loss"),
     (lambda c: c["datasets"]["digits"].update(shot_thresholds={"many": 5, "few": 10}),
@@ -211,3 +215,22 @@ def test_paths_layout_fills_and_parses_the_same_templates():
     assert parse("cache", "res/cache.zarr") is None
     assert Layout({}).path("split", dataset="d", imb="10", split_seed=0) == \
         "results/d/if10/s0/split.npz"
+
+
+def test_schema_choices_come_from_the_code_that_owns_them():
+    """The schema file spells no list of choices; each is filled in from its one declaration."""
+    from ltpipe.cache.format import BACKENDS, FMAP_DTYPES, compressions
+    from ltpipe.classifiers.device import CHOICES
+    from ltpipe.config import SCHEMA_PATH, schema_with_choices
+    from ltpipe.data.sources import SOURCES
+
+    assert "enum:" not in SCHEMA_PATH.read_text()
+    props = schema_with_choices()["properties"]
+    cache = props["cache"]["properties"]
+    assert cache["backend"]["enum"] == list(BACKENDS) == ["zarr", "hdf5"]
+    assert set(cache["compression"]["enum"]) == {"none", "zstd", "lz4", "blosc", "gzip", "lzf"}
+    assert compressions()["hdf5"] == ("none", "gzip", "lzf")
+    assert cache["fmap_dtype"]["enum"] == list(FMAP_DTYPES)
+    assert props["classify_device"]["enum"] == list(CHOICES)
+    assert props["datasets"]["additionalProperties"]["properties"]["source"]["enum"] == \
+        list(SOURCES)

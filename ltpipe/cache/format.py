@@ -26,6 +26,8 @@ CACHE_FORMAT_VERSION = 2
 #: backend name -> module implementing it
 BACKENDS = {"zarr": "ltpipe.cache.zarr_backend", "hdf5": "ltpipe.cache.hdf5_backend"}
 FIX = "rerun the cache dump (snakemake --forcerun dump)"
+#: the precisions a cache may store feature maps in (the config's cache.fmap_dtype)
+FMAP_DTYPES = ("float16", "float32")
 #: checksum algorithms a manifest may name; the first one available is used for writing
 CHECKSUMS = ("xxh3-64-per-chunk", "crc32c-per-chunk", "crc32-per-chunk")
 #: algorithm -> (module, the pip requirement that provides it); zlib is in the standard library
@@ -35,6 +37,12 @@ _CHECKSUM_PACKAGES = {"xxh3-64-per-chunk": ("xxhash", "xxhash>=3.0"),
 
 class CacheError(LtpipeError):
     """A cache is missing, incomplete, corrupted or not the one a job expects."""
+
+
+def compressions() -> dict[str, tuple[str, ...]]:
+    """Backend name -> the compression names it writes (each backend's ``COMPRESSIONS`` table;
+    the backends import no zarr or h5py at module level)."""
+    return {name: tuple(backend_module(name).COMPRESSIONS) for name in BACKENDS}
 
 
 def backend_module(name: str) -> Any:

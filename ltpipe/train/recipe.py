@@ -45,7 +45,7 @@ RECIPE_SETTINGS: dict[str, Setting] = {
     "batch_size": number(128, 1, integer=True,
                          doc="images per SGD step (the last incomplete batch is dropped)"),
     "lr": number(0.1, 0, lo_open=True, doc="base learning rate (per step, SGD)"),
-    "momentum": number(0.9, 0, doc="SGD momentum"),
+    "momentum": number(0.9, 0, 1, doc="SGD momentum"),
     "weight_decay": number(2e-4, 0, doc="L2 weight decay (SGD's, on every parameter)"),
     "nesterov": flag(False, "Nesterov momentum"),
     "schedule": choice("multistep", ("multistep", "cosine"),
