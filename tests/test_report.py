@@ -140,6 +140,11 @@ def test_weight_norms_known_answer(toy):
     assert list(methods) == ["crt"]  # joint and tau_norm saved no head_weight
     crt = [np.sqrt(((toy["heads"][s].astype(float) * (s + 1)) ** 2).sum(1)) for s in (0, 1)]
     np.testing.assert_allclose(methods["crt"], np.mean(crt, 0), rtol=1e-6)
+    # the plot says why tau_norm has no curve (by design), and flags a trained head left unsaved
+    notes = pdata.missing_head_notes(runs, set(methods))
+    assert notes == ["tau_norm (tau=0.0), tau_norm (tau=1.0): " + pdata.NO_HEAD_WEIGHT["tau_norm"]]
+    assert pdata.missing_head_notes(runs, set()) == [
+        "crt: its logits.npz holds no head_weight (rerun its job to save one)", notes[0]]
 
 
 def test_confusion_known_answer(toy):
