@@ -77,6 +77,26 @@ def test_runs_sharing_a_test_set_share_the_image_draw():
     assert shared[0] < c.mean() < shared[1]
 
 
+def _tail(k: int, n: int, theta: float, upper: bool) -> float:
+    ks = range(k, n + 1) if upper else range(0, k + 1)
+    return sum(math.comb(n, i) * theta ** i * (1 - theta) ** (n - i) for i in ks)
+
+
+def test_exact_paired_interval_known_answer():
+    # Clopper-Pearson of 7 of 8: at its ends the one-sided binomial tails are exactly 2.5%
+    lo, hi = stats.clopper_pearson(7, 8)
+    assert _tail(7, 8, lo, upper=True) == pytest.approx(0.025, rel=1e-6)
+    assert _tail(7, 8, hi, upper=False) == pytest.approx(0.025, rel=1e-6)
+    # the difference on 30 images: 8 / 30 * (2 theta - 1); it contains 0 as McNemar's p > 0.05
+    dlo, dhi = stats.mcnemar_interval(7, 1, 30)
+    assert (dlo, dhi) == pytest.approx((8 / 30 * (2 * lo - 1), 8 / 30 * (2 * hi - 1)))
+    assert dlo < 0 < dhi
+    # 9 of 9 (p = 0.0039): the interval excludes 0; lower end where P(X >= 9) = theta^9 = 0.025
+    dlo, dhi = stats.mcnemar_interval(9, 0, 30)
+    assert dlo == pytest.approx(9 / 30 * (2 * 0.025 ** (1 / 9) - 1)) and dhi == pytest.approx(0.3)
+    assert stats.mcnemar_interval(0, 0, 30) == (0.0, 0.0)
+
+
 def test_paired_comparison_one_run_is_mcnemar():
     n = 30
     base = np.zeros(n, bool)
@@ -89,7 +109,8 @@ def test_paired_comparison_one_run_is_mcnemar():
     assert res.p == pytest.approx(0.0703125)
     assert res.diff == pytest.approx(100 * 6 / 30)
     assert res.verdict == "no detectable difference"
-    assert res.lo < res.diff < res.hi
+    exact = stats.mcnemar_interval(7, 1, 30)
+    assert (res.lo, res.hi) == pytest.approx((100 * exact[0], 100 * exact[1]))
     with pytest.raises(ValueError, match="different test images"):
         stats.paired_comparison([stats.Run("s0", meth)], [stats.Run("s1", base)])
 

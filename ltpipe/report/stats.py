@@ -12,11 +12,12 @@ here estimate that same quantity:
   their test images are the same), then averages the picked runs' accuracies.
 
 A method is compared with a baseline on the same test images (:func:`paired_comparison`): the
-difference of accuracies (mean over the shared runs) with a paired bootstrap interval (the same
-two-level scheme, method and baseline resampled together), and an exact two-sided sign test on the
+difference of accuracies (mean over the shared runs), and an exact two-sided sign test on the
 per-image differences (mean over training seeds of method-correct minus baseline-correct). With one
-run the per-image differences are -1, 0 or +1 and the sign test is McNemar's exact test
-(:func:`mcnemar_exact`).
+run the per-image differences are -1, 0 or +1, the sign test is McNemar's exact test
+(:func:`mcnemar_exact`) and the interval is its exact conditional interval
+(:func:`mcnemar_interval`), so interval and verdict agree. With several runs the interval is a
+paired two-level bootstrap (method and baseline resampled together).
 """
 
 from __future__ import annotations
@@ -59,6 +60,29 @@ def binom_two_sided(pos: int, neg: int) -> float:
     k = min(pos, neg)
     tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
     return min(1.0, 2.0 * tail)
+
+
+def clopper_pearson(k: int, n: int, alpha: float = ALPHA) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a binomial proportion ``k / n``: the proportions
+    whose one-sided tail P(X >= k) or P(X <= k) is at least alpha / 2 (scipy's beta quantiles)."""
+    from scipy.stats import beta
+
+    if n <= 0:
+        return math.nan, math.nan
+    lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return lo, hi
+
+
+def mcnemar_interval(b: int, c: int, n: int, alpha: float = ALPHA) -> tuple[float, float]:
+    """Exact interval of the paired accuracy difference (b - c) / n on n images, conditional on
+    the b + c discordant ones: (b + c) / n * (2 theta - 1), theta the Clopper-Pearson interval of
+    b of b + c. It excludes 0 exactly when :func:`mcnemar_exact` is below alpha."""
+    if b + c == 0:
+        return 0.0, 0.0
+    lo, hi = clopper_pearson(b, b + c, alpha)
+    scale = (b + c) / n
+    return scale * (2 * lo - 1), scale * (2 * hi - 1)
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -170,7 +194,8 @@ def paired_comparison(method: list[Run], baseline: list[Run], reps: int = BOOTST
     images in the same order).
 
     The difference is the mean over runs of (method accuracy - baseline accuracy), in points, with
-    a paired two-level percentile bootstrap interval. The test: per test image (one split's image),
+    :func:`mcnemar_interval` for one run, else a paired two-level percentile bootstrap interval.
+    The test: per test image (one split's image),
     d = mean over that split's runs of (method correct - baseline correct); the exact two-sided
     sign test on the images with d != 0 (McNemar's exact test when there is one run).
     """
@@ -196,7 +221,11 @@ def paired_comparison(method: list[Run], baseline: list[Run], reps: int = BOOTST
     d = np.concatenate([np.mean(v, axis=0) for v in per_set.values()])
     better, worse = int((d > 0).sum()), int((d < 0).sum())
     p = binom_two_sided(better, worse)
-    reps_ = _replicates([[a, b] for a, b, _ in pairs], [ts for _, _, ts in pairs], reps, seed)
-    lo, hi = np.quantile(reps_, [ALPHA / 2, 1 - ALPHA / 2])
+    if len(pairs) == 1:  # one run: the exact interval that agrees with McNemar's exact test
+        lo, hi = mcnemar_interval(better, worse, len(d))
+    else:
+        reps_ = _replicates([[a, b] for a, b, _ in pairs], [ts for _, _, ts in pairs], reps,
+                            seed)
+        lo, hi = np.quantile(reps_, [ALPHA / 2, 1 - ALPHA / 2])
     return Paired(len(pairs), len(d), 100 * acc_m, 100 * acc_b, 100 * (acc_m - acc_b),
                   100 * float(lo), 100 * float(hi), better, worse, p, verdict(p, better, worse))
