@@ -96,7 +96,7 @@ def _per_image(path, m: dict, logits: Path, cache: Path | None,
     and the Wilson interval and image count of each accuracy; empty intervals without the files."""
     out: dict = {f"n_{k}": "" for k in METRICS} | {k: None for k in INTERVALS}
     out.update(_correct=None, _image_groups=None, _test_set=None)
-    if cache is None or not logits.exists():
+    if cache is None or not logits.exists() or "shot_groups" not in m:
         return out
     if cache not in labels_of:
         from ltpipe.report.plotdata import read_cache
