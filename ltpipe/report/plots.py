@@ -181,7 +181,9 @@ def plot_weight_norms(metric_paths: list[str], cache_paths: list[str], out: str 
     for color, (label, norms) in zip(colors, lines.items()):
         rel = norms[order] / max(float(norms.mean()), 1e-12)
         stage_one = label.startswith("stage one")
-        ax.plot(x, _smooth(rel), color="black" if stage_one and len(lines) > 1 else color,
+        # one stage-one head: black; two (FFN's backbones): their own colours, or they read as one
+        black = stage_one and len(lines) > 1 and sum(k.startswith("stage one") for k in lines) == 1
+        ax.plot(x, _smooth(rel), color="black" if black else color,
                 lw=2 if stage_one else 1.3, ls="-" if stage_one else "--",
                 marker="o" if len(x) <= 20 else None, ms=3, label=label)
     ax.axhline(1.0, color="0.6", lw=0.8)
