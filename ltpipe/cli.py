@@ -104,7 +104,13 @@ def cmd_classify(args: argparse.Namespace) -> None:
 def cmd_summarize(args: argparse.Namespace) -> None:
     from ltpipe.report.summary import write_summary
 
-    write_summary(args.metrics, args.csv, args.md)
+    write_summary(args.metrics, args.csv, args.md, args.paired)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from ltpipe.report.summary import rewrite_report
+
+    rewrite_report(args.results)
 
 
 def cmd_cache_verify(args: argparse.Namespace) -> int:
@@ -204,8 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("summarize", help="aggregate metrics.json files into tables")
     m.add_argument("--csv", required=True)
     m.add_argument("--md", required=True)
+    m.add_argument("--paired", default=None,
+                   help="also write the paired comparisons with joint / cRT (paired.csv)")
     m.add_argument("metrics", nargs="*")
     m.set_defaults(func=cmd_summarize)
+
+    r = sub.add_parser("report", help="rewrite summary.csv, summary.md and paired.csv of an "
+                                      "existing results folder (no job reruns)")
+    r.add_argument("--results", default="results",
+                   help="the results folder (config's results:); reads every metrics.json, "
+                        "logits.npz and cache under it")
+    r.set_defaults(func=cmd_report)
 
     cache = sub.add_parser("cache", help="feature-cache tools")
     csub = cache.add_subparsers(dest="cache_command", required=True)

@@ -9,7 +9,7 @@ with :meth:`Layout.path`. Under ``results``::
     {dataset}/if{imb}/s{split_seed}/{backbone}/t{seed}/cache.zarr|cache.h5        feature cache
     {dataset}/if{imb}/s{split_seed}/cls/{classifier}/t{seed}/{point}/metrics.json classifier stage
     {dataset}/if{imb}/plots/...                                                   figures
-    summary.csv, summary.md, comparison.csv, comparison.md, tables.html           tables
+    summary.csv, summary.md, paired.csv, comparison.csv, comparison.md, tables.html           tables
     logs/{step}/...                                                               logs
 
 ``{backbone}`` names a stage-one recipe (a key of the config's ``backbones:``).
@@ -35,6 +35,7 @@ TEMPLATES = {
     "plots": "{dataset}/if{imb}/plots",
     "summary_csv": "summary.csv",
     "summary_md": "summary.md",
+    "paired_csv": "paired.csv",
     "comparison_csv": "comparison.csv",
     "comparison_md": "comparison.md",
     "tables_html": "tables.html",

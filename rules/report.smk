@@ -8,6 +8,7 @@ from ltpipe.report.targets import (
     group_inputs,
     group_metrics,
     run_traits,
+    summary_inputs,
     sweep_metrics,
     tsne_args,
     tsne_inputs,
@@ -22,18 +23,22 @@ report: "../workflow/report/workflow.rst"
 
 
 rule summary:
+    # metrics.json, logits.npz and the caches' test labels: per-image results for the intervals
+    # and the paired comparisons (ltpipe/report/summary.py)
     input:
-        metric_targets(config, JOBS),
+        **summary_inputs(config, JOBS),
     output:
         csv=report(SUMMARY[0], caption="../workflow/report/summary.rst", category="1. Tables"),
         md=SUMMARY[1],
+        paired=PATHS.pattern("paired_csv"),
     log:
         f"{LOGS}/summary.log",
     localrule: True
     conda:
         "../envs/ltpipe.yaml"
     shell:
-        "python -m ltpipe summarize --csv {output.csv} --md {output.md} {input} > {log} 2>&1"
+        "python -m ltpipe summarize --csv {output.csv} --md {output.md} --paired {output.paired}"
+        " {input.metrics} > {log} 2>&1"
 
 
 rule compare:

@@ -140,6 +140,11 @@ def test_weight_norms_known_answer(toy):
     assert list(methods) == ["crt"]  # joint and tau_norm saved no head_weight
     crt = [np.sqrt(((toy["heads"][s].astype(float) * (s + 1)) ** 2).sum(1)) for s in (0, 1)]
     np.testing.assert_allclose(methods["crt"], np.mean(crt, 0), rtol=1e-6)
+    # the plot says why tau_norm has no curve (by design), and flags a trained head left unsaved
+    notes = pdata.missing_head_notes(runs, set(methods))
+    assert notes == ["tau_norm (tau=0.0), tau_norm (tau=1.0): " + pdata.NO_HEAD_WEIGHT["tau_norm"]]
+    assert pdata.missing_head_notes(runs, set()) == [
+        "crt: its logits.npz holds no head_weight (rerun its job to save one)", notes[0]]
 
 
 def test_confusion_known_answer(toy):
@@ -246,6 +251,12 @@ def test_comparison_puts_published_beside_matching_run(tmp_path):
     assert by[("LDAM-DRW", "100")]["ours"] == "not run"   # loss ldam: our joint runs are ce / kps
     assert by[("FSA", "100")]["ours"] == "not run"
     md = (tmp_path / "cmp.md").read_text()
+    # the Markdown lists matched rows only, and says in one line what it could not match and why
+    assert not [line for line in md.splitlines() if line.startswith("|") and "not run" in line]
+    unmatched = next(line for line in md.splitlines() if line.startswith("Not matched:"))
+    assert "at imbalance factors it did not run (cifar100 IF 10, cifar100 IF 200)" in unmatched
+    assert "on data sets this run does not have (" in unmatched
+    assert "LDAM-DRW (cifar100 IF 100, resnet32)" in unmatched
     # FSA on ResNet-32 is not FSA's published setting; on the CIFAR ResNet-18 it is.
     rows += [_row("ce", "fsa_ce", "fsa", 0, 44.0), _row("ce_r18", "fsa", "fsa", 0, 47.0)]
     with open(summary, "w", newline="") as fh:

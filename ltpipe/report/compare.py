@@ -25,11 +25,11 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from ltpipe.report.summary import COLUMNS, METRICS
 from ltpipe.utils import LtpipeError
 
-KEY = ("dataset", "imbalance_factor", "split_seed", "seed", "backbone", "classifier", "method",
-       "point")
-METRICS = ("all", "many", "medium", "few")
+#: what identifies a job: summary.csv's columns up to the sweep point
+KEY = tuple(COLUMNS[:COLUMNS.index("point") + 1])
 #: the seed-free part of KEY: rows that differ only in their seeds are one configuration
 CONFIG = tuple(k for k in KEY if k not in ("split_seed", "seed"))
 DEFAULT_K = 2.0

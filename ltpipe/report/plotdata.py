@@ -159,6 +159,30 @@ def stage_one_norms(cache_paths: list[str]) -> dict[str, np.ndarray]:
     return {b: np.mean(v, axis=0) for b, v in per.items()}
 
 
+#: why a method's logits.npz holds no ``head_weight``: by design, it trains no new weight matrix
+#: (the weight-norm plot and its caption say so)
+NO_HEAD_WEIGHT = {
+    "tau_norm": "rescales the stage-one head at test time (w_j / ||w_j||^tau): no trained weight",
+    "lws": "learns one scale per class on the frozen stage-one logits: no new weight matrix",
+    "ncm": "scores by distance to class-mean features: no weight matrix",
+    "logit_adjust": "shifts the stage-one logits by tau * log prior: the stage-one head unchanged",
+    "ffn": "its head reads the fusion of two backbones' features, so its norms are not "
+           "comparable with one backbone's head; not saved",
+}
+
+
+def missing_head_notes(runs: list[Run], drawn: set[str]) -> list[str]:
+    """One line per method with runs but no drawn weight-norm curve, saying why (a method not in
+    :data:`NO_HEAD_WEIGHT` should have saved one: its logits.npz lacks ``head_weight``)."""
+    labels: dict[str, list[str]] = defaultdict(list)
+    for r in runs:
+        if r.method != "joint" and r.label not in drawn and r.label not in labels[r.method]:
+            labels[r.method].append(r.label)
+    return [f"{', '.join(names)}: " + NO_HEAD_WEIGHT.get(
+        method, "its logits.npz holds no head_weight (rerun its job to save one)")
+        for method, names in sorted(labels.items())]
+
+
 def method_norms(runs: list[Run]) -> dict[str, np.ndarray]:
     """Per (classifier, point) label: norms of ``head_weight`` in logits.npz, mean over seeds.
 

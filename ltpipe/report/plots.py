@@ -191,17 +191,21 @@ def plot_weight_norms(metric_paths: list[str], cache_paths: list[str], out: str 
     for color, (label, norms) in zip(colors, lines.items()):
         rel = norms[order] / max(float(norms.mean()), 1e-12)
         stage_one = label.startswith("stage one")
-        ax.plot(x, _smooth(rel), color="black" if stage_one and len(lines) > 1 else color,
+        # one stage-one head: black; two (FFN's backbones): their own colours, or they read as one
+        black = stage_one and len(lines) > 1 and sum(k.startswith("stage one") for k in lines) == 1
+        ax.plot(x, _smooth(rel), color="black" if black else color,
                 lw=2 if stage_one else 1.3, ls="-" if stage_one else "--",
                 marker="o" if len(x) <= 20 else None, ms=3, label=label)
     ax.axhline(1.0, color="0.6", lw=0.8)
     _class_axis(ax, counts[order], order, runs[0].shot_groups[order], _names(runs, order))
     ax.set_ylabel(r"$\|w_j\|$ / mean$_j \|w_j\|$")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.1, 1.0), framealpha=0.85)
-    missing = sorted({r.label for r in runs if r.method != "joint"} - set(lines))
-    note = ("\n" + textwrap.fill("no head_weight saved by: " + ", ".join(missing), 90)
-            if missing else "")
-    ax.set_title(f"Classifier weight norms, {_setting(runs)}{note}", fontsize=9, pad=12)
+    ax.set_title(f"Classifier weight norms, {_setting(runs)}", fontsize=10, pad=14)
+    notes = pdata.missing_head_notes(runs, set(lines))
+    if notes:  # below the x label, so nothing overlaps the title or the shot-group names
+        text = "No curve (no trained head weight, by design):\n" + "\n".join(
+            textwrap.fill(n, 110, subsequent_indent="    ") for n in notes)
+        ax.text(0.0, -0.2, text, transform=ax.transAxes, ha="left", va="top", fontsize=7.5)
     fig.tight_layout()
     _save(fig, out)
 
@@ -233,7 +237,8 @@ def plot_confusion(metric_paths: list[str], cache_paths: list[str], out: str | P
                         ax.text(j, i, f"{cm[i, j]:.0f}", ha="center", va="center", fontsize=5.5,
                                 color="white" if cm[i, j] > 60 else "black")
     fig.suptitle(f"Confusion (% of each true class), {_setting(runs)}", fontsize=11)
-    fig.tight_layout()
+    # leave the suptitle its own band (about 0.45 inch) above the top row's panel titles
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
     fig.colorbar(im, ax=axes, shrink=0.5, fraction=0.025, pad=0.02, label="% of true class")
     _save(fig, out)
 

@@ -109,7 +109,49 @@ def _num(v, signed: bool = False) -> str:
     return str(v)
 
 
+def unmatched_line(table: list[dict], rows: list[dict], traits: dict) -> str:
+    """One sentence: how many published rows have no run of ours, and why (the data set, or its
+    imbalance factor, is not in this run; else no run has its architecture, method and stage-one
+    traits). Empty when every row matched."""
+    missing = [r for r in table if r["ours"] == NOT_RUN]
+    if not missing:
+        return ""
+    sources = set(traits["datasets"].values())
+    ran = {(traits["datasets"].get(r["dataset"]), str(r["imbalance_factor"])) for r in rows}
+    why: dict[str, set] = {"data set": set(), "IF": set(), "other": set()}
+    count = dict.fromkeys(why, 0)
+    for r in missing:
+        reason = _reason(r, sources, ran)
+        count[reason] += 1
+        why[reason].add({"data set": r["dataset"],
+                         "IF": f"{r['dataset']} IF {r['imbalance_factor']}"}.get(
+            reason, f"{r['label']} ({r['dataset']} IF {r['imbalance_factor']}, "
+                    f"{r['architecture']})"))
+    parts = []
+    if why["data set"]:
+        parts.append(f"{count['data set']} are on data sets this run does not have "
+                     f"({', '.join(sorted(why['data set']))})")
+    if why["IF"]:
+        parts.append(f"{count['IF']} at imbalance factors it did not run "
+                     f"({', '.join(sorted(why['IF']))})")
+    if why["other"]:
+        parts.append(f"{count['other']} have no run with their architecture, method and "
+                     f"stage-one traits ({', '.join(sorted(why['other']))})")
+    return (f"Not matched: {len(missing)} of {len(table)} published rows, not listed here "
+            f"(comparison.csv has them as \"{NOT_RUN}\"): " + "; ".join(parts) + ".")
+
+
+def _reason(r: dict, sources: set, ran: set) -> str:
+    if r["dataset"] not in sources:
+        return "data set"
+    return "IF" if (r["dataset"], str(r["imbalance_factor"])) not in ran else "other"
+
+
 def markdown(table: list[dict]) -> str:
+    """The published rows that have a run of ours, beside it."""
+    table = [r for r in table if r["ours"] != NOT_RUN]
+    if not table:
+        return ""
     head = ["data set", "IF", "architecture", "method", "published", "ours", "runs", "ours - pub.",
             "our run", "source"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -133,7 +175,7 @@ def _html_table(md: str) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def tables_html(summary_rows: list[dict], table: list[dict]) -> str:
+def tables_html(summary_rows: list[dict], table: list[dict], unmatched: str = "") -> str:
     """One self-contained HTML page: our results (mean ± std over seeds) and the comparison."""
     style = ("body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse;"
              "margin-bottom:2em}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
@@ -143,8 +185,10 @@ def tables_html(summary_rows: list[dict], table: list[dict]) -> str:
             "sample std over split and training seeds; every sweep point is its own row.</p>"
             + _html_table(markdown_table(summary_rows))
             + "<h2>Published results beside ours</h2><p>Matched on data source, imbalance "
-            "factor, backbone architecture, method and stage-one traits; 'not run' where this "
-            "config has no matching run.</p>" + _html_table(markdown(table)) + "</body></html>")
+            "factor, backbone architecture, method and stage-one traits; the published rows "
+            "without a matching run are counted below the table.</p>"
+            + (_html_table(matched) if (matched := markdown(table)) else "")
+            + f"<p>{html.escape(unmatched)}</p></body></html>")
 
 
 def write_comparison(published_path: str | Path, summary_csv: str | Path, traits: dict,
@@ -171,10 +215,12 @@ def write_comparison(published_path: str | Path, summary_csv: str | Path, traits
             "run of ours matches a published entry on the data source, imbalance factor, "
             "backbone architecture, classifier method and stage-one traits; ours is the mean "
             "± sample std over seeds, and every sweep point is its own row (no selection on "
-            f"test). {n_run} of {len(table)} rows have a matching run.\n\n" + markdown(table))
+            f"test). {n_run} of {len(table)} published rows have a matching run.\n\n"
+            + markdown(table) + ("\n" if n_run else "")
+            + unmatched_line(table, rows, traits) + "\n")
     with atomic_path(md_path) as tmp:
         Path(tmp).write_text(text)
     if html_path is not None:
         with atomic_path(html_path) as tmp:
-            Path(tmp).write_text(tables_html(rows, table))
+            Path(tmp).write_text(tables_html(rows, table, unmatched_line(table, rows, traits)))
     return table

@@ -1,12 +1,20 @@
-"""Aggregate every classifier-stage job's ``metrics.json`` into ``summary.csv`` and ``summary.md``.
+"""Aggregate every classifier-stage job's ``metrics.json`` into ``summary.csv``, ``paired.csv`` and
+``summary.md``.
 
 ``summary.csv`` has one row per job (data set, imbalance factor, split seed, training seed,
-backbone(s), classifier entry, method, sweep point and settings, accuracies, and the code that
-computed them: :func:`ltpipe.provenance.code_label`, and the kinds of machine that ran the
-classifier job (``host``) and trained its backbone(s) (``train_host``):
-:func:`ltpipe.provenance.host_label`; the job's ``metrics.json`` holds the full provenance).
-``summary.md`` groups jobs that differ only in their seeds and reports mean and standard
-deviation over the seeds, and says when its rows came from more than one kind of machine.
+backbone(s), classifier entry, method, sweep point and settings, accuracies with their 95%
+intervals, the code that computed them (:func:`ltpipe.provenance.code_label`), the kinds of
+machine that ran the classifier job (``host``) and trained its backbone(s) (``train_host``,
+:func:`ltpipe.provenance.host_label`), and a digest of its test predictions (``predictions``); the
+job's ``metrics.json`` holds the full provenance). ``summary.md`` groups jobs that differ only in
+their seeds (mean, interval over seeds and test images), says when its rows came from more than
+one kind of machine, states each data set's scale (classes and test images per shot group), and
+renders ``paired.csv``: each method against the ``joint`` and ``crt`` rows on its backbone,
+paired over the same test images (:mod:`ltpipe.report.stats`).
+
+Per-image correctness comes from each job's ``logits.npz`` and the test labels of the cache of its
+first backbone (same split and training seed); both sit at the paths :mod:`ltpipe.paths` names
+(:func:`job_files`), and the summary rule declares them as inputs.
 """
 
 from __future__ import annotations
@@ -20,19 +28,27 @@ from pathlib import Path
 
 import numpy as np
 
+from ltpipe.evaluate import GROUPS
+from ltpipe.paths import CACHE_EXT, TEMPLATES, parse
 from ltpipe.provenance import code_label, host_label
-from ltpipe.utils import atomic_path, read_json
+from ltpipe.report import stats
+from ltpipe.utils import LtpipeError, atomic_path, read_json
 
-COLUMNS = ["dataset", "imbalance_factor", "split_seed", "seed", "backbone", "classifier",
-           "method", "point", "params", "all", "many", "medium", "few", "val_all",
-           "chosen_on_val", "code", "host", "train_host", "predictions"]
 METRICS = ("all", "many", "medium", "few")
+#: the 95% interval of each accuracy (Wilson over the job's test images, ltpipe.report.stats)
+INTERVALS = tuple(f"{m}_{end}" for m in METRICS for end in ("lo", "hi"))
+COLUMNS = ["dataset", "imbalance_factor", "split_seed", "seed", "backbone", "classifier",
+           "method", "point", "params", "all", "many", "medium", "few", *INTERVALS,
+           "n_all", "n_many", "n_medium", "n_few", "val_all", "chosen_on_val", "code", "host",
+           "train_host", "predictions"]
 GROUP_KEYS = ("dataset", "imbalance_factor", "backbone", "classifier", "method", "point")
 
 
 def rows_from_metrics(paths: list[str | Path]) -> list[dict]:
-    """One summary row per metrics.json (test part)."""
+    """One summary row per metrics.json (test part), with its per-image correctness where the
+    job's logits.npz and its cache's test labels exist (:func:`job_files`)."""
     rows = []
+    labels_of: dict[Path, np.ndarray] = {}
     for path in paths:
         m = read_json(path)
         test = m["metrics"]["test"]
@@ -50,11 +66,13 @@ def rows_from_metrics(paths: list[str | Path]) -> list[dict]:
         row.update({k: test.get(k) for k in METRICS})
         row["val_all"] = m["metrics"].get("val", {}).get("all")
         row["chosen_on_val"] = ""
-        row["_predictions"] = prediction_digest(Path(path).with_name("logits.npz"))
+        logits, cache = job_files(path, (m.get("backbones") or [""])[0], m.get("seed", 0))
+        row["_predictions"] = prediction_digest(logits)
+        row.update(_per_image(path, m, logits, cache, labels_of))
         prov = m.get("provenance", {})
         row["code"] = code_label(prov.get("code"))
         # 16 hex digits of prediction_digest: rows with equal values predicted the same class
-        # for every test image (ltpipe compare's "identical")
+        # for every test image (ltpipe compare-runs' "identical")
         row["predictions"] = (row["_predictions"] or "")[:16]
         row["host"] = host_label(prov.get("host"))
         row["train_host"] = "+".join(dict.fromkeys(host_label(c.get("train_host"))
@@ -63,6 +81,78 @@ def rows_from_metrics(paths: list[str | Path]) -> list[dict]:
     rows.sort(key=lambda r: tuple(str(r[k]) for k in COLUMNS[:9]))
     mark_chosen_on_val(rows)
     return rows
+
+
+def job_files(metrics_path: str | Path, backbone: str, seed) -> tuple[Path, Path | None]:
+    """The job's logits.npz (beside its metrics.json) and the cache holding its test labels: the
+    one of its first backbone, same split and training seed (None when the metrics path is not
+    in the :mod:`ltpipe.paths` layout, or no cache is there)."""
+    logits = Path(metrics_path).with_name("logits.npz")
+    fields = parse("metrics", str(metrics_path))
+    if fields is None or not backbone:
+        return logits, None
+    root = str(metrics_path)[:len(str(metrics_path)) - len(TEMPLATES["metrics"].format(**fields))]
+    for ext in CACHE_EXT.values():
+        cache = Path(root + TEMPLATES["cache"].format(
+            dataset=fields["dataset"], imb=fields["imb"], split_seed=fields["split_seed"],
+            backbone=backbone, seed=seed, ext=ext))
+        if cache.exists():
+            return logits, cache
+    return logits, None
+
+
+def _per_image(path, m: dict, logits: Path, cache: Path | None,
+               labels_of: dict[Path, np.ndarray]) -> dict:
+    """``_correct`` (bool per test image), ``_image_groups`` (shot group per image), ``_test_set``,
+    and the Wilson interval and image count of each accuracy; empty intervals without the files."""
+    out: dict = {f"n_{k}": "" for k in METRICS} | {k: None for k in INTERVALS}
+    out.update(_correct=None, _image_groups=None, _test_set=None)
+    if cache is None or not logits.exists() or "shot_groups" not in m:
+        return out
+    if cache not in labels_of:
+        from ltpipe.report.plotdata import read_cache
+
+        labels_of[cache] = np.asarray(read_cache(cache, "test", "labels")).astype(np.int64)
+    labels = labels_of[cache]
+    with np.load(logits) as z:
+        scores = np.asarray(z["test"])
+    if scores.shape[0] != labels.shape[0]:
+        raise LtpipeError(f"{logits} scores {scores.shape[0]} test images but the cache {cache} "
+                          f"holds {labels.shape[0]} test labels; rerun the classifier job "
+                          "(its cache changed after it ran)")
+    correct = scores.argmax(axis=1) == labels
+    image_groups = np.asarray(m["shot_groups"])[labels]
+    out.update(_correct=correct, _image_groups=image_groups, _labels=labels,
+               _metrics_counts={k: m[k] for k in ("shot_groups", "class_counts")},
+               _test_set=(m.get("dataset", ""), str(m.get("imbalance_factor", "")),
+                          m.get("split_seed", "")))
+    for k in METRICS:
+        c = correct[group_mask(image_groups, k)]
+        out[f"n_{k}"] = int(len(c))
+        if not len(c):
+            continue
+        acc = m["metrics"]["test"].get(k)
+        if acc is not None and abs(100.0 * c.mean() - acc) > 1e-6:
+            raise LtpipeError(f"{path}: its {k} accuracy {acc:.4f} is not what its logits.npz and "
+                              f"the test labels of {cache} give ({100 * c.mean():.4f}): the cache "
+                              "is not the one the job read; rerun the classifier job")
+        lo, hi = stats.wilson(int(c.sum()), len(c))
+        out[f"{k}_lo"], out[f"{k}_hi"] = 100 * lo, 100 * hi
+    return out
+
+
+def group_mask(image_groups: np.ndarray, metric: str) -> np.ndarray:
+    """Which test images an accuracy pools: all, or those of one shot group (as
+    :func:`ltpipe.evaluate.accuracy_report` does)."""
+    if metric == "all":
+        return np.ones(len(image_groups), dtype=bool)
+    return image_groups == GROUPS.index(metric)
+
+
+def _runs(members: list[dict], metric: str) -> list[stats.Run]:
+    """Per-image correctness of ``metric``'s images in each member (all must have it)."""
+    return [stats.Run(r["_test_set"], r["_correct"][group_mask(r["_image_groups"], metric)])
+            for r in members]
 
 
 SWEEP_KEYS = ("dataset", "imbalance_factor", "split_seed", "seed", "backbone", "classifier")
@@ -198,7 +288,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean and sample standard deviation over split and training seeds, per configuration."""
+    """Per configuration: mean and sample standard deviation over split and training seeds, and
+    (where every run has per-image correctness) the 95% interval of the mean in ``{metric}_ci``:
+    Wilson for one run, the two-level bootstrap over seeds and images for several."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[tuple(r[k] for k in GROUP_KEYS)].append(r)
@@ -206,27 +298,42 @@ def aggregate(rows: list[dict]) -> list[dict]:
     for key, members in groups.items():
         agg = dict(zip(GROUP_KEYS, key))
         agg["runs"] = len(members)
+        agg["params"] = members[0].get("params", "")
+        per_image = all(m.get("_correct") is not None for m in members)
         for metric in METRICS:
             vals = [float(m[metric]) for m in members if m[metric] is not None]
             agg[metric] = _mean_std(vals) if vals else (None, None)
+            agg[f"{metric}_ci"] = None
+            if per_image and vals:
+                lo, hi = stats.accuracy_interval(_runs(members, metric))
+                agg[f"{metric}_ci"] = (100 * lo, 100 * hi)
         out.append(agg)
     return out
 
 
-def _fmt(ms: tuple) -> str:
+def _fmt(ms: tuple, ci: tuple | None = None) -> str:
     mean, std = ms
     if mean is None:
         return "-"
-    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+    text = f"{mean:.2f}" if std is None or math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+    return text + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci is not None else "")
+
+
+def settings_text(params: str) -> str:
+    """The settings a row's config gives over the method's defaults (``params``), for a table."""
+    return params.replace(";", ", ") if params else "method defaults"
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The aggregated rows as a Markdown table (mean ± std over seeds where there are several)."""
-    head = ["dataset", "IF", "backbone", "classifier", "point", "runs", *METRICS]
+    """The aggregated rows as a Markdown table: each configuration's settings over the method's
+    defaults, and per accuracy the mean (± std over seeds where there are several) and its 95%
+    interval where per-image results exist."""
+    head = ["dataset", "IF", "backbone", "classifier", "point", "settings", "runs", *METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in aggregate(rows):
         cells = [a["dataset"], str(a["imbalance_factor"]), a["backbone"], a["classifier"],
-                 a["point"], str(a["runs"]), *(_fmt(a[m]) for m in METRICS)]
+                 a["point"], settings_text(a.get("params", "")), str(a["runs"]),
+                 *(_fmt(a[m], a.get(f"{m}_ci")) for m in METRICS)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -248,26 +355,241 @@ def hosts_section(rows: list[dict]) -> str:
             + "\n".join(lines) + "\n")
 
 
-def write_summary(metric_paths: list[str], csv_path: str, md_path: str) -> list[dict]:
-    """Write both tables atomically; returns the per-job rows."""
+# ----------------------------------------------------------------------------------- scale
+def scale_rows(rows: list[dict]) -> list[dict]:
+    """Per data set, imbalance factor and shot group: classes, training images per class, test
+    images and test images per class, and what one test image is worth in points. Taken from the
+    first run of each split seed; split seeds with the same scale are listed once."""
+    seen: dict[tuple, dict] = {}
+    for r in rows:
+        if r.get("_correct") is None:
+            continue
+        key = (r["dataset"], str(r["imbalance_factor"]), r["split_seed"])
+        if key not in seen:
+            seen[key] = r
+    out: list[dict] = []
+    by_scale: dict[tuple, list] = defaultdict(list)
+    for (dataset, imb, split_seed), r in seen.items():
+        m = r["_metrics_counts"]
+        scale = []
+        for metric in METRICS:
+            mask = group_mask(r["_image_groups"], metric)
+            classes = (np.arange(len(m["shot_groups"])) if metric == "all"
+                       else np.flatnonzero(np.asarray(m["shot_groups"]) == GROUPS.index(metric)))
+            counts = np.asarray(m["class_counts"])[classes]
+            labels_in = r["_labels"][mask]
+            per_class = np.bincount(labels_in, minlength=len(m["shot_groups"]))[classes]
+            scale.append((metric, len(classes),
+                          _span(counts), int(mask.sum()), _span(per_class),
+                          round(100.0 / mask.sum(), 2) if mask.sum() else None))
+        by_scale[(dataset, imb, tuple(scale))].append(split_seed)
+    for (dataset, imb, scale), seeds in by_scale.items():
+        for metric, classes, train, test, test_pc, point in scale:
+            out.append({"dataset": dataset, "imbalance_factor": imb,
+                        "split_seeds": ",".join(str(s) for s in seeds), "group": metric,
+                        "classes": classes, "train_per_class": train, "test_images": test,
+                        "test_per_class": test_pc, "points_per_image": point})
+    return out
+
+
+def _span(values) -> str:
+    values = [int(v) for v in values]
+    if not values:
+        return "-"
+    return str(values[0]) if min(values) == max(values) else f"{min(values)}-{max(values)}"
+
+
+def scale_section(rows: list[dict]) -> str:
+    """Markdown: the scale table (empty without per-image results)."""
+    table = scale_rows(rows)
+    if not table:
+        return ""
+    head = ["dataset", "IF", "split seeds", "group", "classes", "train images / class",
+            "test images", "test images / class", "one image (points)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t in table:
+        cells = [t["dataset"], t["imbalance_factor"], t["split_seeds"], t["group"],
+                 str(t["classes"]), t["train_per_class"], str(t["test_images"]),
+                 t["test_per_class"], "-" if t["points_per_image"] is None
+                 else f"{t['points_per_image']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return ("\n## Scale\n\nWhat each accuracy is computed over: the classes and test images "
+            "of each shot group (groups by training images per class), and how many points of "
+            "that group's accuracy one test image is worth.\n\n" + "\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------- paired
+#: the baselines every method is compared with, on the same backbone, split and seeds
+BASELINES = ("joint", "crt")
+PAIRED_COLUMNS = ["dataset", "imbalance_factor", "backbone", "classifier", "method", "point",
+                  "baseline", "baseline_classifier", "baseline_point", "group", "runs", "images",
+                  "accuracy", "baseline_accuracy", "difference", "difference_lo",
+                  "difference_hi", "better_images", "worse_images", "p", "verdict", "note"]
+
+
+def paired_rows(rows: list[dict]) -> list[dict]:
+    """Each configuration against the ``joint`` and ``crt`` configurations on its backbone (same
+    data set and imbalance factor), paired by split and training seed over the same test images
+    (:func:`ltpipe.report.stats.paired_comparison`), for all, many, medium and few. Where no such
+    baseline ran, or the runs share no seeds, one row says so in ``note``."""
+    configs: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        configs[tuple(r[k] for k in GROUP_KEYS)].append(r)
+    out = []
+    for key, members in configs.items():
+        c = dict(zip(GROUP_KEYS, key))
+        base = {k: c[k] for k in ("dataset", "imbalance_factor", "backbone", "classifier",
+                                  "method", "point")}
+        for baseline in BASELINES:
+            if c["method"] == baseline:
+                continue
+            cands = [(k, v) for k, v in configs.items()
+                     if k[:3] == key[:3] and k[4] == baseline]
+            if not cands:
+                out.append({**base, "baseline": baseline,
+                            "note": f"no {baseline} row on backbone {c['backbone']} in this run"})
+                continue
+            for bkey, bmembers in cands:
+                row = {**base, "baseline": baseline, "baseline_classifier": bkey[3],
+                       "baseline_point": bkey[5]}
+                out.extend(_paired_groups(row, members, bmembers))
+    return out
+
+
+def _paired_groups(row: dict, members: list[dict], bmembers: list[dict]) -> list[dict]:
+    runs = {(r["split_seed"], r["seed"]): r for r in members}
+    bruns = {(r["split_seed"], r["seed"]): r for r in bmembers}
+    shared = sorted(set(runs) & set(bruns), key=str)
+    if not shared:
+        return [{**row, "note": f"no {row['baseline']} run with the same split and training "
+                                "seeds"}]
+    if any(runs[s].get("_correct") is None or bruns[s].get("_correct") is None for s in shared):
+        return [{**row, "note": "no per-image results (logits.npz or the cache's test labels "
+                                "missing): not compared"}]
+    note = "" if len(shared) == len(runs) else (
+        f"compared on the {len(shared)} of {len(runs)} runs the baseline also ran")
+    out = []
+    for metric in METRICS:
+        m = _runs([runs[s] for s in shared], metric)
+        b = _runs([bruns[s] for s in shared], metric)
+        if not any(len(x.correct) for x in m):
+            out.append({**row, "group": metric, "runs": len(shared), "images": 0,
+                        "note": "no test images in this group"})
+            continue
+        res = stats.paired_comparison(m, b)
+        out.append({**row, "group": metric, "runs": res.runs, "images": res.images,
+                    "accuracy": res.method, "baseline_accuracy": res.baseline,
+                    "difference": res.diff, "difference_lo": res.lo, "difference_hi": res.hi,
+                    "better_images": res.better_images, "worse_images": res.worse_images,
+                    "p": res.p, "verdict": res.verdict, "note": note})
+    return out
+
+
+def _verdict_cell(r: dict) -> str:
+    if r.get("verdict") in (None, ""):
+        return "-"
+    word = {"better": "better", "worse": "worse"}.get(r["verdict"], "no diff.")
+    return (f"{float(r['difference']):+.2f} [{float(r['difference_lo']):+.1f}, "
+            f"{float(r['difference_hi']):+.1f}] {word}")
+
+
+def paired_section(paired: list[dict]) -> str:
+    """Markdown rendered from the paired.csv rows: one line per (configuration, baseline)."""
+    if not paired:
+        return ""
+    lines_by: dict[tuple, dict] = {}
+    notes = []
+    for r in paired:
+        key = (r["dataset"], str(r["imbalance_factor"]), r["backbone"], r["classifier"],
+               r["point"], r["baseline"], r.get("baseline_classifier", ""),
+               r.get("baseline_point", ""))
+        if not r.get("group"):
+            notes.append(f"{r['dataset']} IF {r['imbalance_factor']} {r['classifier']} "
+                         f"({r['point']}) vs {r['baseline']}: {r['note']}")
+            continue
+        lines_by.setdefault(key, {})[r["group"]] = r
+    head = ["dataset", "IF", "backbone", "classifier", "point", "vs", "runs", *METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, groups in lines_by.items():
+        first = next(iter(groups.values()))
+        vs = key[6] if key[7] in ("", "default") else f"{key[6]} ({key[7]})"
+        cells = [*key[:5], vs, str(first.get("runs", "")),
+                 *(_verdict_cell(groups[m]) if m in groups else "-" for m in METRICS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    level = f"{100 * (1 - stats.ALPHA):.0f}%"
+    text = (f"\n## Paired comparisons\n\nEach method against the stage-one head (`joint`) and "
+            f"cRT on the same backbone, split and training seeds, over the same test images: the "
+            f"accuracy difference in points (method minus baseline, mean over runs) with its "
+            f"{level} interval (one run: McNemar's exact interval; several: a paired bootstrap "
+            f"over seeds and images), and the verdict of an exact two-sided sign test "
+            f"on the per-image differences (McNemar's exact test for one run) at the "
+            f"{stats.ALPHA:g} level: better, worse, or no diff. (no detectable difference). No "
+            f"correction for the many comparisons: about 1 in 20 true ties reads better or worse "
+            f"by chance. Every number: paired.csv.\n\n" + "\n".join(lines) + "\n")
+    if notes:
+        text += "\nNot compared:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    return text
+
+
+def _csv_text(rows: list[dict], columns: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _cell(k, r.get(k)) for k in columns})
+    return buf.getvalue()
+
+
+def _cell(key: str, v):
+    if isinstance(v, float):
+        return "" if math.isnan(v) else (f"{v:.4g}" if key == "p" else f"{v:.4f}")
+    return "" if v is None else v
+
+
+def write_summary(metric_paths: list[str], csv_path: str, md_path: str,
+                  paired_path: str | None = None) -> list[dict]:
+    """Write summary.csv, summary.md and (``paired_path``) paired.csv atomically; returns the
+    per-job rows. The paired comparisons appear in summary.md whether or not paired.csv is
+    written."""
     rows = rows_from_metrics(metric_paths)
     inert = inert_sweeps(rows)
     for line in inert:
         print(f"warning: {line}")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in COLUMNS})
+    paired = paired_rows(rows)
     with atomic_path(csv_path) as tmp:
-        Path(tmp).write_text(buf.getvalue())
-    text = ("# ltpipe results\n\nTop-1 accuracy (%) on the balanced test set; mean ± sample std "
-            "over split and training seeds where there are several. No hyper-parameter was "
+        Path(tmp).write_text(_csv_text(rows, COLUMNS))
+    if paired_path is not None:
+        with atomic_path(paired_path) as tmp:
+            Path(tmp).write_text(_csv_text(paired, PAIRED_COLUMNS))
+    level = f"{100 * (1 - stats.ALPHA):.0f}%"
+    text = ("# ltpipe results\n\nTop-1 accuracy (%) on the balanced test set, pooled over the "
+            "test images of each group; mean ± sample std over split and training seeds where "
+            f"there are several, then its {level} interval in brackets: Wilson over the test "
+            "images for one run, a bootstrap over seeds and test images for several. `settings` "
+            "are those the config gives over the method's defaults. No hyper-parameter was "
             "selected on the test set: every sweep point is its own row.\n\n"
             + hosts_section(rows)
             + (methods + "\n## Every job\n\n" if (methods := method_section(rows)) else "")
-            + markdown_table(rows) + chosen_section(rows)
-            + inert_section(inert))
+            + markdown_table(rows) + scale_section(rows) + paired_section(paired)
+            + chosen_section(rows) + inert_section(inert))
     with atomic_path(md_path) as tmp:
         Path(tmp).write_text(text)
+    return rows
+
+
+def rewrite_report(results: str | Path) -> list[dict]:
+    """Rewrite ``summary.csv``, ``summary.md`` and ``paired.csv`` of an existing results folder
+    from the metrics.json, logits.npz and caches under it (``ltpipe report``; no job reruns)."""
+    root = Path(results)
+    if not root.is_dir():
+        raise LtpipeError(f"results folder {root} not found; pass the config's results: folder "
+                          "(--results)")
+    metrics = sorted(str(p) for p in root.glob("**/metrics.json")
+                     if parse("metrics", str(p)) is not None)
+    if not metrics:
+        raise LtpipeError(f"no classifier job's metrics.json under {root} (expected "
+                          f"{TEMPLATES['metrics']}); run the workflow first")
+    out = {n: str(root / TEMPLATES[n]) for n in ("summary_csv", "summary_md", "paired_csv")}
+    rows = write_summary(metrics, out["summary_csv"], out["summary_md"], out["paired_csv"])
+    print(f"report: {len(rows)} jobs; wrote {', '.join(out.values())}")
     return rows

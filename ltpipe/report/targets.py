@@ -9,15 +9,19 @@ of ``(cfg, wildcards)`` are the rules' input functions (bound to the config with
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from ltpipe.config import (
     as_json,
     classifier_datasets,
+    classifier_inputs,
     classifier_seeds,
+    metric_targets,
     shared_seeds,
     splits,
     sweep_points,
 )
-from ltpipe.paths import Layout
+from ltpipe.paths import Layout, parse
 
 #: a confusion matrix is drawn only for data sets of at most this many classes
 CONFUSION_MAX = 20
@@ -96,6 +100,22 @@ def group_caches(cfg: dict, dataset: str, imb: str, group: str) -> list[str]:
     return [Layout(cfg).path("cache", **d, backbone=b, seed=s)
             for _, d in _split_dirs(cfg, dataset, imb)
             for b in group.split("+") for s in sorted(seeds)]
+
+
+def summary_inputs(cfg: dict, jobs: dict | None = None) -> dict[str, list[str]]:
+    """Input of the summary rule: every classify job's metrics.json and logits.npz, and the cache
+    of each job's first backbone (its test labels: what :func:`ltpipe.report.summary.job_files`
+    reads for the intervals and paired comparisons)."""
+    layout = Layout(cfg)
+    metrics = metric_targets(cfg, jobs)
+    logits, caches = [], []
+    for path in metrics:
+        f = parse("metrics", path)
+        logits.append(layout.path("logits", **f))
+        cache = classifier_inputs(cfg, SimpleNamespace(**f))["caches"][0]
+        if cache not in caches:
+            caches.append(cache)
+    return {"metrics": metrics, "logits": logits, "caches": caches}
 
 
 def group_metrics(cfg: dict, wildcards) -> list[str]:
