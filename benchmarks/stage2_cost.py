@@ -55,8 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ltpipe.classifiers import method_names, method_spec  # noqa: E402
-from ltpipe.config import dump_settings, recipe_settings, split_settings  # noqa: E402
 from ltpipe.paths import imb_tag  # noqa: E402
+from ltpipe.workflow.config import dump_settings, recipe_settings, split_settings  # noqa: E402
 from ltpipe.yamlfile import load_yaml_strict  # noqa: E402
 
 PAPER_EPOCHS = 200  # the CIFAR-LT papers' stage-one schedule, for the extrapolated row

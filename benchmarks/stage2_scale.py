@@ -210,7 +210,7 @@ def fan_jobs(every: int) -> list[tuple[str, dict]]:
     each entry (at least one per entry), with the preset's own settings."""
     import yaml
 
-    from ltpipe.config import sweep_points
+    from ltpipe.workflow.config import sweep_points
 
     cfg = yaml.safe_load((ROOT / "workflow/presets/cifar100_lt.yaml").read_text())
     jobs = []

@@ -68,8 +68,8 @@ def _lease_line(event: str, device) -> None:
 def cmd_dump(args: argparse.Namespace) -> None:
     import torch
 
-    from ltpipe.cache.dump import dump_cache
     from ltpipe.train.device import lease_device
+    from ltpipe.train.dump import dump_cache
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -135,7 +135,7 @@ def cmd_bundle(args: argparse.Namespace) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> None:
-    from ltpipe.config import check_config, validate_schema
+    from ltpipe.workflow.config import check_config, validate_schema
     from ltpipe.yamlfile import load_yaml_strict
 
     for path in args.configs:
@@ -146,7 +146,7 @@ def cmd_check_config(args: argparse.Namespace) -> None:
 
 
 def cmd_slurm_check(args: argparse.Namespace) -> int:
-    from ltpipe.slurm_fit import slurm_check
+    from ltpipe.workflow.slurm_fit import slurm_check
 
     extra = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
     try:

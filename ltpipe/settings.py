@@ -4,8 +4,8 @@ A ``Setting`` holds a default, a check and what the check expects (for errors), 
 ``doc`` (unit, meaning, source). A component declares ``SETTINGS: dict[str, Setting]``;
 ``resolve_settings`` merges given values over the defaults and refuses unknown keys and bad
 values with one message naming the key, the value, what was expected and the allowed keys.
-The DAG-build check (``ltpipe.config``) resolves every sweep point of every classifier entry
-with the same function, so a range error stops Snakemake before any job runs.
+The DAG-build check (``ltpipe.workflow.config``) resolves every sweep point of every classifier
+entry with the same function, so a range error stops Snakemake before any job runs.
 """
 
 from __future__ import annotations

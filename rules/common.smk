@@ -1,4 +1,4 @@
-# Validation of the config and the target lists; all logic lives in ltpipe/config.py.
+# Validation of the config and the target lists; all logic lives in ltpipe/workflow/config.py.
 import os
 import sys
 
@@ -6,11 +6,11 @@ sys.path.insert(0, workflow.basedir)  # use this checkout's ltpipe package
 
 from snakemake.utils import validate
 
-from ltpipe.report.targets import plot_targets
-from ltpipe.slurm_fit import check_workflow as check_slurm_fit
+from ltpipe.workflow.targets import plot_targets
+from ltpipe.workflow.slurm_fit import check_workflow as check_slurm_fit
 from ltpipe import runtime
 
-from ltpipe.config import (
+from ltpipe.workflow.config import (
     as_json,
     check_config,
     classifier_info,

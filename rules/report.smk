@@ -1,10 +1,10 @@
 # Results: the summary tables, the published numbers beside ours, and the figures. Every output
 # marked report() goes into `snakemake --report report.html`, captioned from workflow/report/.
-# Targets and each job's inputs come from ltpipe/report/targets.py; plots are cheap (t-SNE on at
+# Targets and each job's inputs come from ltpipe/workflow/targets.py; plots are cheap (t-SNE on at
 # most 1000 test samples of the first split seed and training seed).
 from functools import partial
 
-from ltpipe.report.targets import (
+from ltpipe.workflow.targets import (
     group_inputs,
     group_metrics,
     run_traits,

@@ -109,7 +109,7 @@ def test_architecture_loads_its_file_and_keeps_the_contract(tmp_path, name, kwar
     assert torch.allclose(out["pooled"], out["fmap"].mean((2, 3)))
     assert torch.allclose(out["logits"], out["pooled"] @ model.head.weight.T + model.head.bias,
                           atol=1e-5)
-    from ltpipe.cache.dump import class_activation_maps
+    from ltpipe.train.dump import class_activation_maps
 
     cam = class_activation_maps(out["fmap"], model.head.weight, torch.tensor([0, 3]))
     assert cam.shape == (2, fside, fside)

@@ -159,8 +159,8 @@ CONFIGS = {
 }
 
 # Refused today only when the train / classify job starts; expected: refused by the config check
-# before any job runs (fix: ltpipe/config.py, see the reason).
-LATE = "accepted by check-config; fix: ltpipe/config.py "
+# before any job runs (fix: ltpipe/workflow/config.py, see the reason).
+LATE = "accepted by check-config; fix: ltpipe/workflow/config.py "
 CONFIGS_LATE = {
     "backbone_kwarg_typo": (_set("backbones.ce.architecture_kwargs", {"stride": [1, 1, 2]}),
                             ["'stride'"], LATE + "_check_recipe: check architecture_kwargs against "
@@ -385,11 +385,11 @@ def test_missing_cifar_root_refused_at_split_job(tmp_path):
 def test_runtime_settings_from_the_environment(monkeypatch):
     """``ltpipe train --runtime-of NAME`` reads NAME's speed-only keys from the variable the
     Snakefile sets; a broken variable is refused naming it, an absent one means defaults."""
-    from ltpipe.config import recipe_settings
     from ltpipe.runtime import DEVICE_ENV, classify_device, export
     from ltpipe.runtime import RECIPES_ENV as RUNTIME_ENV
     from ltpipe.runtime import recipe_runtime as _runtime_settings
     from ltpipe.utils import LtpipeError
+    from ltpipe.workflow.config import recipe_settings
 
     cfg = copy.deepcopy(BASE)
     cfg["backbones"]["ce"].update(compile=True, loader_workers=2, epochs=3)

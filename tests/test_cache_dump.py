@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ltpipe.cache import open_cache, verify_cache
-from ltpipe.cache.dump import class_activation_maps, dump_cache
 from ltpipe.classifiers.job import run_classifier_job
 from ltpipe.data import build_split, read_split, split_data, write_split
+from ltpipe.train.dump import class_activation_maps, dump_cache
 from ltpipe.train.stage1 import load_checkpoint, train_stage1
 from ltpipe.utils import LtpipeError
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ltpipe.config import (
+from ltpipe.paths import imb_tag
+from ltpipe.utils import LtpipeError
+from ltpipe.workflow.config import (
     check_config,
     classifier_job,
     metric_targets,
@@ -18,8 +20,6 @@ from ltpipe.config import (
     sweep_table,
     validate_schema,
 )
-from ltpipe.paths import imb_tag
-from ltpipe.utils import LtpipeError
 from ltpipe.yamlfile import load_yaml_strict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,8 +221,8 @@ def test_schema_choices_come_from_the_code_that_owns_them():
     """The schema file spells no list of choices; each is filled in from its one declaration."""
     from ltpipe.cache.format import BACKENDS, FMAP_DTYPES, compressions
     from ltpipe.classifiers.device import CHOICES
-    from ltpipe.config import SCHEMA_PATH, schema_with_choices
     from ltpipe.data.sources import SOURCES
+    from ltpipe.workflow.config import SCHEMA_PATH, schema_with_choices
 
     assert "enum:" not in SCHEMA_PATH.read_text()
     props = schema_with_choices()["properties"]

@@ -190,7 +190,7 @@ def test_builtin_source_files_are_watched(tmp_path):
 
 
 def test_config_check_reports_wrong_root(tmp_path):
-    from ltpipe.config import check_config
+    from ltpipe.workflow.config import check_config
 
     cfg = yaml.safe_load((Path(__file__).resolve().parent.parent / "config.yaml").read_text())
     cfg["datasets"] = {"mine": {"source": "imagefolder", "root": str(tmp_path / "nope")}}

@@ -66,7 +66,7 @@ def cfg() -> dict:
 
 def test_plugin_method_is_listed_and_used_like_a_builtin(site, cfg):
     from ltpipe.classifiers.memory import held_bytes
-    from ltpipe.config import check_config
+    from ltpipe.workflow.config import check_config
 
     fake_dist(site, "goodplug", {"ltpipe.methods": {"logit_copy": "goodplug_mod"}},
               {"goodplug_mod": GOOD})
@@ -94,7 +94,7 @@ def test_plugin_method_is_listed_and_used_like_a_builtin(site, cfg):
 
 
 def test_clash_with_a_builtin_is_refused_at_config_check(site, cfg):
-    from ltpipe.config import check_config
+    from ltpipe.workflow.config import check_config
 
     fake_dist(site, "clashplug", {"ltpipe.methods": {"crt": "clashplug_mod"},
                                   "ltpipe.architectures": {"resnet8": "clashplug_mod:f"}},
@@ -110,7 +110,7 @@ def test_clash_with_a_builtin_is_refused_at_config_check(site, cfg):
 
 
 def test_import_error_is_refused_naming_the_distribution(site, cfg):
-    from ltpipe.config import check_config
+    from ltpipe.workflow.config import check_config
 
     fake_dist(site, "brokenplug", {"ltpipe.methods": {"broken": "brokenplug_missing"}})
     cfg["classifiers"]["b"] = {"method": "broken", "backbones": ["ce"]}
@@ -122,7 +122,7 @@ def test_import_error_is_refused_naming_the_distribution(site, cfg):
 
 
 def test_missing_or_broken_declaration_is_refused(site, cfg):
-    from ltpipe.config import check_config
+    from ltpipe.workflow.config import check_config
 
     fake_dist(site, "nospec", {"ltpipe.methods": {"nospec": "nospec_mod",
                                                   "badspec": "badspec_mod"}},

@@ -60,9 +60,9 @@ def test_every_preset_is_listed():
 # ------------------------------------------------------------------------------ config checks
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_preset_passes_schema_and_domain_checks(name):
-    from ltpipe.config import check_config, validate_schema
     from ltpipe.losses import loss_settings
     from ltpipe.train.recipe import normalize_recipe
+    from ltpipe.workflow.config import check_config, validate_schema
     from ltpipe.yamlfile import load_yaml_strict
 
     cfg = load_yaml_strict(PRESET_DIR / f"{name}.yaml")  # also refuses duplicate keys

@@ -165,7 +165,7 @@ def stage1(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def caches(stage1) -> dict[str, Path]:
     """zarr and HDF5 caches of the reference backbone."""
-    from ltpipe.cache.dump import dump_cache
+    from ltpipe.train.dump import dump_cache
 
     out = {}
     for backend, ext in (("zarr", "zarr"), ("hdf5", "h5")):

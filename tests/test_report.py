@@ -15,11 +15,12 @@ import pytest
 import yaml
 
 from ltpipe.cli import main as ltpipe_main
-from ltpipe.config import load_yaml_strict, validate_schema
 from ltpipe.report import plotdata as pdata
 from ltpipe.report import plots
 from ltpipe.report.published import compare, load_published, write_comparison
-from ltpipe.report.targets import (
+from ltpipe.utils import LtpipeError, write_json
+from ltpipe.workflow.config import load_yaml_strict, validate_schema
+from ltpipe.workflow.targets import (
     group_inputs,
     group_metrics,
     plot_targets,
@@ -28,7 +29,6 @@ from ltpipe.report.targets import (
     tsne_args,
     tsne_inputs,
 )
-from ltpipe.utils import LtpipeError, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNTS = [5, 40, 10, 20]      # class 1 is the largest, then 3, 2, 0

@@ -154,7 +154,7 @@ def local_run(runs):
 
 
 def planned_classify_jobs(work: Path) -> int:
-    from ltpipe.config import metric_targets
+    from ltpipe.workflow.config import metric_targets
 
     cfg = yaml.safe_load((work / "config.yaml").read_text())
     return len(metric_targets(cfg))

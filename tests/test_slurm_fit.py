@@ -1,4 +1,5 @@
-"""ltpipe.slurm_fit on recorded `sinfo` text: parsing, and which requests no node can ever take.
+"""ltpipe.workflow.slurm_fit on recorded `sinfo` text: parsing, and which requests no node can
+ever take.
 
 Known answers: the sinfo lines below are what ``sinfo --all --exact --noheader --format
 "%P|%c|%m|%G|%l|%D"`` prints on a small cluster (a 2-CPU default partition without GPUs, a CPU
@@ -13,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ltpipe.slurm_fit import (
+from ltpipe.workflow.slurm_fit import (
     NodeKind,
     Request,
     SinfoError,
@@ -232,12 +233,13 @@ def plugins_request(job) -> tuple[int, int | None, int, str | None, int | None]:
 ])
 def test_request_of_matches_the_installed_plugins_sbatch_line(threads, res):
     """request_of against the plugin's own command line: this fails when an upgrade of the
-    plugin changes its arithmetic (ltpipe.slurm_fit.PLUGIN_TESTED names the releases checked)."""
+    plugin changes its arithmetic (ltpipe.workflow.slurm_fit.PLUGIN_TESTED names the releases
+    checked)."""
     from importlib.metadata import version
 
     from packaging.specifiers import SpecifierSet
 
-    from ltpipe.slurm_fit import PLUGIN_TESTED
+    from ltpipe.workflow.slurm_fit import PLUGIN_TESTED
 
     job = FakeJob(resources=Resources(res), threads=threads, is_group=lambda: False,
                   rule=SimpleNamespace(name="r"))
@@ -284,7 +286,7 @@ def _workflow(executor: str, jobs: list) -> SimpleNamespace:
 def test_the_onstart_hook_on_recorded_sinfo(monkeypatch, capsys):
     """check_workflow with sinfo's answer recorded: only the slurm executor is checked, local
     jobs are left out, a misfit stops the run naming it, LTPIPE_SLURM_CHECK=off skips."""
-    import ltpipe.slurm_fit as fit
+    import ltpipe.workflow.slurm_fit as fit
 
     monkeypatch.setattr(fit, "run_sinfo", lambda env=None: SINFO)
     monkeypatch.setattr(fit.sys, "argv", ["snakemake", "--workflow-profile", "prof"])

@@ -54,7 +54,7 @@ def test_default_run_produces_summary(default_run):
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     with open(default_run / "results" / "summary.csv") as fh:
         rows = list(csv.DictReader(fh))
-    from ltpipe.config import metric_targets
+    from ltpipe.workflow.config import metric_targets
 
     assert len(rows) == len(metric_targets(cfg))
     assert {"dataset", "imbalance_factor", "seed", "backbone", "method", "params", "all",
@@ -129,7 +129,7 @@ def test_new_sweep_point_adds_one_job_per_split(default_run):
 def test_recipe_setting_reruns_backbone_and_what_it_feeds(default_run):
     cfg_path = _edited(default_run, lambda c: c["backbones"]["ce"].update(epochs=29))
     cfg = yaml.safe_load(cfg_path.read_text())
-    from ltpipe.config import metric_targets
+    from ltpipe.workflow.config import metric_targets
 
     reading_ce = [t for t in metric_targets(cfg)
                   if "ce" in cfg["classifiers"][t.split("/cls/")[1].split("/")[0]]["backbones"]]
@@ -166,7 +166,7 @@ def test_val_per_class_zero_is_the_default_split(default_run):
     jobs = planned_jobs(snakemake(default_run, "-n", config=cfg_path))
     assert jobs["split"] == 2 and jobs["train"] == 8 and jobs["dump"] == 8  # 4 recipes x 2 IFs
     cfg = yaml.safe_load(cfg_path.read_text())
-    from ltpipe.config import metric_targets
+    from ltpipe.workflow.config import metric_targets
 
     assert jobs["classify"] == len(metric_targets(cfg))
 
@@ -193,7 +193,7 @@ def test_job_side_snakemake_skips_the_torch_importing_check(tmp_path):
     assert job_side.returncode == 0, job_side.stderr[-3000:]
     imported = [line.rsplit("|", 1)[-1].strip() for line in job_side.stderr.splitlines()
                 if line.startswith("import time:")]
-    assert "ltpipe.config" in imported and "torch" not in imported
+    assert "ltpipe.workflow.config" in imported and "torch" not in imported
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     first = next(iter(cfg["backbones"]))
     cfg["backbones"][first]["loss"] = "no_such_loss"  # only check_config knows the losses
@@ -227,7 +227,7 @@ def test_bundle_reproduces_without_retraining(default_run, tmp_path):
     bundle.unpack(archive, fresh / "results")
     jobs = planned_jobs(snakemake(fresh, "-n", config=fresh / "config.yaml"))
     cfg = yaml.safe_load((fresh / "config.yaml").read_text())
-    from ltpipe.config import metric_targets
+    from ltpipe.workflow.config import metric_targets
 
     assert jobs.pop("classify") == len(metric_targets(cfg))
     assert not {"split", "train", "dump"} & set(jobs) and set(jobs) <= REPORT_RULES

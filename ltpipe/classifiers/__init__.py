@@ -89,7 +89,7 @@ def method_num_backbones(name: str) -> int:
 
 def merge_settings(name: str, settings: dict | None) -> dict[str, Any]:
     """``settings`` over the method's defaults; an unknown key or a value its declaration
-    refuses is an ``LtpipeError`` (the same check runs at DAG build, ``ltpipe.config``)."""
+    refuses is an ``LtpipeError`` (the same check runs at DAG build, ``ltpipe.workflow.config``)."""
     return resolve_settings(f"method {name!r}", method_settings(name), settings)
 
 

@@ -123,7 +123,7 @@ def add_subcommands(subparsers) -> None:
     c.add_argument("--summary", required=True, help="results/summary.csv")
     c.add_argument("--traits", required=True,
                    help="JSON: {datasets: {name: source}, backbones: {name: {architecture, "
-                        "loss, mixup, afa}}} (ltpipe.report.targets.run_traits)")
+                        "loss, mixup, afa}}} (ltpipe.workflow.targets.run_traits)")
     c.add_argument("--csv", required=True)
     c.add_argument("--md", required=True)
     c.add_argument("--html", default=None, help="also an HTML page of both tables")

@@ -78,7 +78,7 @@ def compare(published: list[dict], rows: list[dict], traits: dict) -> list[dict]
     """One output row per (published entry, matching configuration of ours), else "not run".
 
     ``rows`` are summary rows (one per job: dataset, imbalance_factor, backbone, classifier,
-    method, point, all, ...); ``traits`` is :func:`ltpipe.report.targets.run_traits`.
+    method, point, all, ...); ``traits`` is :func:`ltpipe.workflow.targets.run_traits`.
     """
     ours = aggregate(rows)
     out = []

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from ltpipe.config import (
+from ltpipe.paths import Layout, parse
+from ltpipe.workflow.config import (
     as_json,
     classifier_datasets,
     classifier_inputs,
@@ -21,7 +22,6 @@ from ltpipe.config import (
     splits,
     sweep_points,
 )
-from ltpipe.paths import Layout, parse
 
 #: a confusion matrix is drawn only for data sets of at most this many classes
 CONFUSION_MAX = 20

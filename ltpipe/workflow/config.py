@@ -22,7 +22,7 @@ from ltpipe.yamlfile import load_yaml_strict
 RECIPE_META_KEYS = {"seeds", "datasets"}  # recipe keys that place jobs, not trainer settings
 
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def schema_with_choices() -> dict:
