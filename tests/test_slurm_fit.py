@@ -233,13 +233,13 @@ def plugins_request(job) -> tuple[int, int | None, int, str | None, int | None]:
 ])
 def test_request_of_matches_the_installed_plugins_sbatch_line(threads, res):
     """request_of against the plugin's own command line: this fails when an upgrade of the
-    plugin changes its arithmetic (ltpipe.workflow.slurm_fit.PLUGIN_TESTED names the releases
-    checked)."""
+    plugin changes its arithmetic (ltpipe.workflow.slurm_requests.PLUGIN_TESTED names the
+    releases checked)."""
     from importlib.metadata import version
 
     from packaging.specifiers import SpecifierSet
 
-    from ltpipe.workflow.slurm_fit import PLUGIN_TESTED
+    from ltpipe.workflow.slurm_requests import PLUGIN_TESTED
 
     job = FakeJob(resources=Resources(res), threads=threads, is_group=lambda: False,
                   rule=SimpleNamespace(name="r"))

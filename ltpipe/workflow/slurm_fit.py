@@ -5,10 +5,9 @@ offers either pends forever (squeue reason ``PartitionConfig``, ``Resources``...
 sbatch (``Invalid generic resource``), and Snakemake waits without a word. This module refuses
 such a run before the first ``sbatch``:
 
-* ``parse_sinfo`` reads ``sinfo --all --exact --noheader --format "%P|%c|%m|%G|%l|%D"`` (one line
-  per partition and node configuration) into ``Partition`` records;
-* ``Request`` is one submission as the Slurm executor plugin will send it (a rule's job, or a
-  group of jobs), made from a Snakemake job by ``request_of``;
+* :mod:`ltpipe.workflow.slurm_nodes` reads what the nodes offer (``sinfo``);
+* :mod:`ltpipe.workflow.slurm_requests` makes each submission's ``Request`` as the Slurm executor
+  plugin will send it;
 * ``problems`` says, per request that no node of its partition can ever take, which rule, what it
   asks, what the largest node offers, and the setting to change;
 * ``check_workflow`` is what the Snakefile's ``onstart`` hook calls on the login node when the
@@ -21,225 +20,33 @@ such a run before the first ``sbatch``:
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import subprocess
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
-SINFO_FORMAT = "%P|%c|%m|%G|%l|%D"
-SINFO_CMD = ["sinfo", "--all", "--exact", "--noheader", "--format", SINFO_FORMAT]
+from ltpipe.workflow.slurm_nodes import (  # noqa: F401  (re-exported for the tests and docs)
+    SINFO_CMD,
+    NodeKind,
+    Partition,
+    SinfoError,
+    parse_gres,
+    parse_sinfo,
+    parse_time,
+    run_sinfo,
+)
+from ltpipe.workflow.slurm_requests import (  # noqa: F401  (re-exported)
+    PLUGIN_TESTED,
+    Request,
+    _plural,
+    request_of,
+    submissions,
+)
+
 CHECK_ENV = "LTPIPE_SLURM_CHECK"  # "off": skip; "only": print the table and stop (slurm-check)
 GPU_ENV = "LTPIPE_SLURM_GPUS"  # read by workflow/profiles/slurm/config.yaml: 0 = CPU-only cluster
 PROFILE_HINT = "your Slurm profile's config.yaml"
 REFUSED = "ltpipe: jobs of this Slurm run could never start; nothing was submitted:"
-
-
-class SinfoError(ValueError):
-    """`sinfo` output that this module cannot read; the message quotes the line."""
-
-
-@dataclass(frozen=True)
-class NodeKind:
-    """One node configuration of a partition: CPUs, memory (MB), GPUs by model, and how many."""
-
-    cpus: int
-    mem_mb: int
-    gpus: tuple[tuple[str, int], ...] = ()  # (model or "", count); "" = no model named
-    count: int = 1
-
-    @property
-    def n_gpus(self) -> int:
-        return sum(n for _, n in self.gpus)
-
-    def gpus_of(self, model: str | None) -> int:
-        """GPUs of this model ("" or None: any model)."""
-        return sum(n for m, n in self.gpus if not model or m == model)
-
-
-@dataclass
-class Partition:
-    """A partition: its name, whether it is the default, its time limit and its node kinds."""
-
-    name: str
-    default: bool = False
-    time_limit_min: int | None = None  # None: no limit
-    nodes: list[NodeKind] = field(default_factory=list)
-
-    def largest(self, what: str) -> int:
-        """The largest value of `what` (cpus, mem_mb, n_gpus) over this partition's nodes."""
-        return max((getattr(n, what) for n in self.nodes), default=0)
-
-    def gpu_models(self) -> list[str]:
-        return sorted({m for n in self.nodes for m, _ in n.gpus if m})
-
-
-def parse_time(text: str) -> int | None:
-    """A Slurm time limit as minutes (rounded up); None for no limit.
-
-    Forms: ``infinite``/``UNLIMITED``, ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``,
-    ``D-HH:MM:SS``.
-    """
-    text = text.strip()
-    if text.lower() in ("infinite", "unlimited", "n/a", ""):
-        return None
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
-    if not m:
-        raise SinfoError(f"unreadable time limit {text!r}: expected e.g. 1-00:00:00 or infinite")
-    days, a, b, c = (int(g) if g is not None else None for g in m.groups())
-    if days is not None:  # D-HH[:MM[:SS]]
-        seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
-    elif c is not None:  # HH:MM:SS
-        seconds = a * 3600 + b * 60 + c
-    elif b is not None:  # MM:SS
-        seconds = a * 60 + b
-    else:  # MM
-        seconds = a * 60
-    return -(-seconds // 60)
-
-
-def parse_gres(text: str) -> tuple[tuple[str, int], ...]:
-    """The GPUs in a sinfo GRES field: ``(null)``, ``gpu:2``, ``gpu:a100:4(S:0-1)``,
-    ``gpu:a100:2,gpu:v100:2,mps:100`` -> ``(("a100", 2), ("v100", 2))``."""
-    out: dict[str, int] = {}
-    # split on commas outside parentheses: "gpu:a100:4(S:0,1)" is one entry
-    for entry in re.split(r",(?![^()]*\))", text.strip()):
-        entry = re.sub(r"\(.*?\)", "", entry).strip()
-        parts = entry.split(":")
-        if parts[0] != "gpu":
-            continue
-        if len(parts) == 1:
-            model, count = "", "1"
-        elif len(parts) == 2:
-            model, count = ("", parts[1]) if parts[1].isdigit() else (parts[1], "1")
-        else:
-            model, count = parts[1], parts[2]
-        if not count.isdigit():
-            raise SinfoError(f"unreadable GPU count in GRES {text!r}")
-        out[model] = out.get(model, 0) + int(count)
-    return tuple(sorted(out.items()))
-
-
-def _number(text: str, what: str, line: str) -> int:
-    m = re.fullmatch(r"(\d+)\+?", text.strip())
-    if not m:
-        raise SinfoError(f"unreadable {what} {text!r} in sinfo line {line!r}")
-    return int(m.group(1))
-
-
-def parse_sinfo(text: str) -> dict[str, Partition]:
-    """Partitions by name from the output of ``SINFO_CMD`` (a ``*`` marks the default one)."""
-    parts: dict[str, Partition] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        fields = line.strip().split("|")
-        if len(fields) != 6:
-            raise SinfoError(f"sinfo line {line!r} does not have the 6 fields of {SINFO_FORMAT!r}")
-        name, cpus, mem, gres, limit, count = fields
-        default = name.endswith("*")
-        name = name.rstrip("*")
-        part = parts.setdefault(name, Partition(name, default, parse_time(limit)))
-        part.default = part.default or default
-        part.nodes.append(NodeKind(_number(cpus, "CPU count", line), _number(mem, "memory", line),
-                                   parse_gres(gres), _number(count, "node count", line)))
-    return parts
-
-
-def run_sinfo(env: dict[str, str] | None = None) -> str:
-    """The text of ``SINFO_CMD``; OSError or CalledProcessError when sinfo cannot answer."""
-    proc = subprocess.run(SINFO_CMD, capture_output=True, text=True, env=env, timeout=60,
-                          check=True)
-    return proc.stdout
-
-
-@dataclass(frozen=True)
-class Request:
-    """One Slurm submission: which rule(s) it runs, and what it asks for."""
-
-    rule: str
-    group: str | None = None  # the Snakemake group of a group submission
-    jobs: int = 1  # jobs in the submission
-    cpus: int = 1
-    mem_mb: int | None = None  # None: no memory request (or not known before submission)
-    gpus: int = 0
-    gpu_model: str | None = None
-    runtime_min: int | None = None
-    partition: str | None = None  # None: the cluster's default (or the plugin's choice)
-
-    @property
-    def label(self) -> str:
-        if self.group is None:
-            return f"rule {self.rule}"
-        return f"rule {self.rule} (group {self.group}, {self.jobs} jobs per sbatch)"
-
-    def asks(self) -> str:
-        """What it asks, in words: '8 CPUs, 4000 MB, 1 GPU, 160 min'."""
-        out = [_plural(self.cpus, "CPU")]
-        if self.mem_mb is not None:
-            out.append(f"{self.mem_mb} MB")
-        if self.gpus:
-            out.append(_plural(self.gpus, f"{self.gpu_model} GPU" if self.gpu_model else "GPU"))
-        if self.runtime_min is not None:
-            out.append(f"{self.runtime_min} min")
-        return ", ".join(out)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'s' if n != 1 else ''}"
-
-
-def _int_or_none(value) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None  # e.g. '<TBD>': a resource known only once the job's input exists
-
-
-#: the Slurm executor plugin releases whose CPU and GPU arithmetic request_of calls, and whose
-#: sbatch command lines tests/test_slurm_fit.py checks it against (pyproject.toml pins the same)
-PLUGIN_TESTED = ">=2.8,<2.9"
-
-
-def request_of(job) -> Request:
-    """The request the Slurm executor plugin will send for a Snakemake job or group job.
-
-    CPUs and GPUs by the functions the plugin builds its sbatch line with (the jobstep
-    plugin's ``get_cpu_setting``: ``cpus_per_task``, else ``cpus_per_gpu`` per GPU, else the
-    job's threads; ``parse_gpu_requirements``: ``gpu`` and ``gpu_model``, or a ``gres`` naming
-    gpu), memory as that line asks it (``mem_mb_per_cpu`` x CPUs, else ``mem_mb``), and
-    ``runtime``. tests/test_slurm_fit.py checks the result against the plugin's own sbatch
-    command line (:data:`PLUGIN_TESTED`).
-    """
-    from snakemake_executor_plugin_slurm.partitions import parse_gpu_requirements
-    from snakemake_executor_plugin_slurm_jobstep import get_cpu_setting
-
-    get = job.resources.get
-    try:
-        gpus, model = parse_gpu_requirements(job)
-    except ValueError:  # a gres such as gpu:a100 (no count): Slurm reads one
-        gpus, model = 0, None
-    gres = str(get("gres") or "")
-    if not gpus and "gpu" in gres:
-        parsed = parse_gres(gres)
-        gpus = sum(n for _, n in parsed) or 1
-        model = next((m for m, _ in parsed if m), model)
-    setting = get_cpu_setting(job, bool(gpus))  # "--cpus-per-task=N", "--cpus-per-gpu=N", ""
-    count = int(setting.rpartition("=")[2]) if setting else 1
-    cpus = max(1, count * gpus if "per-gpu" in setting else count)
-    mem = _int_or_none(get("mem_mb"))
-    per_cpu = _int_or_none(get("mem_mb_per_cpu"))
-    if per_cpu:
-        mem = per_cpu * cpus
-    if job.is_group():
-        rules = sorted({j.rule.name for j in job.jobs})
-        rule, group, n = ", ".join(rules), job.groupid, len(job.jobs)
-    else:
-        rule, group, n = job.rule.name, None, 1
-    return Request(rule=rule, group=group, jobs=n, cpus=cpus, mem_mb=mem, gpus=gpus,
-                   gpu_model=model, runtime_min=_int_or_none(get("runtime")),
-                   partition=str(get("slurm_partition") or "") or None)
 
 
 def _fits(node: NodeKind, req: Request) -> bool:
@@ -369,19 +176,6 @@ def profile_hint(argv: list[str]) -> str:
             if arg.startswith(flag + "="):
                 return os.path.join(arg.split("=", 1)[1], "config.yaml")
     return PROFILE_HINT
-
-
-def submissions(workflow) -> list:
-    """The jobs (group jobs counted once) that Snakemake will submit: non-local needrun jobs."""
-    dag = workflow.dag
-    seen, out = set(), []
-    for job in dag.needrun_jobs():
-        job = dag.get_job_group(job) or job  # a grouped job is submitted as its group
-        if job in seen or (not job.is_group() and job.is_local):
-            continue
-        seen.add(job)
-        out.append(job)
-    return out
 
 
 def check_workflow(workflow) -> None:
