@@ -235,3 +235,42 @@ def test_summarize_without_per_image_files_leaves_intervals_empty(tmp_path):
     assert row["all_lo"] == "" and row["n_all"] == ""
     (p,) = [r for r in _read(tmp_path / "p.csv")]
     assert p["note"] == "no joint row on backbone ce in this run"
+
+
+def test_methods_chosen_on_validation_against_crt_by_hand(tmp_path):
+    """The "Methods against cRT, paired" rows: in each run the sweep point chosen on validation,
+    paired run by run with cRT; the difference and the image counts worked out here by hand."""
+    results = tmp_path / "results"
+    labels = np.repeat(np.arange(3), PER_CLASS)
+    rng = np.random.default_rng(3)
+    correct = {}
+    for seed in (0, 1):
+        _cache(results / "toy" / "if10" / "s0" / "ce" / f"t{seed}" / "cache.zarr")
+        for clf, point, val in [("crt", "default", 50.0), ("tau", "tau=0", 60.0 + seed),
+                                ("tau", "tau=1", 61.0 - seed)]:
+            c = rng.random(30) < 0.6
+            correct[(clf, point, seed)] = c
+            out = results / "toy" / "if10" / "s0" / "cls" / clf / f"t{seed}" / point
+            out.mkdir(parents=True)
+            scores = np.eye(3, dtype=np.float32)[np.where(c, labels, (labels + 1) % 3)]
+            np.savez(out / "logits.npz", test=scores)
+            write_json(out / "metrics.json", {
+                "dataset": "toy", "imbalance_factor": "10", "split_seed": 0, "seed": seed,
+                "backbones": ["ce"], "classifier": clf, "method": clf, "point": point,
+                "settings": {}, "class_counts": COUNTS, "shot_groups": SHOTS,
+                "metrics": {"test": accuracy_report(scores, labels, np.asarray(SHOTS)),
+                            "val": {"all": val}}})
+    assert ltpipe_main(["report", "--results", str(results)]) in (0, None)
+    # chosen on validation: seed 0 -> tau=1 (61 > 60), seed 1 -> tau=0 (61 > 60)
+    method = [correct[("tau", "tau=1", 0)], correct[("tau", "tau=0", 1)]]
+    crt = [correct[("crt", "default", 0)], correct[("crt", "default", 1)]]
+    per_image = (method[0].astype(int) - crt[0] + method[1].astype(int) - crt[1]) / 2
+    (row,) = [r for r in _read(results / "paired.csv")
+              if r["point"] == "chosen on validation" and r["group"] == "all"]
+    assert row["classifier"] == "tau" and row["baseline_classifier"] == "crt"
+    assert float(row["difference"]) == pytest.approx(100 * per_image.mean(), abs=1e-3)
+    assert int(row["better_images"]) == int((per_image > 0).sum())
+    assert int(row["worse_images"]) == int((per_image < 0).sum())
+    md = (results / "summary.md").read_text()
+    assert "## Methods against cRT, paired" in md
+    assert f"| toy | 10 | ce | tau | crt | 2 | {100 * per_image.mean():+.2f} [" in md

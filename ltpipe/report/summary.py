@@ -485,6 +485,64 @@ def _paired_groups(row: dict, members: list[dict], bmembers: list[dict]) -> list
     return out
 
 
+#: the ``point`` of a paired.csv row that compares a method's validation-chosen points
+CHOSEN = "chosen on validation"
+
+
+def method_paired_rows(rows: list[dict]) -> list[dict]:
+    """Each method as the "Methods" table reports it (in every run the sweep point chosen on
+    validation) against every cRT entry (method ``crt``, its default point) of the same data set
+    and imbalance factor, paired by split and training seed over the same test images: the
+    study's question "does it beat cRT?" (empty without validation-chosen rows)."""
+    picked = method_rows(rows)
+    keys = ("dataset", "imbalance_factor", "backbone", "classifier", "method")
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in picked:
+        groups[tuple(r[k] for k in keys)].append(r)
+    crts: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["method"] == "crt" and r["point"] == "default":
+            crts[(r["dataset"], r["imbalance_factor"], r["classifier"], r["backbone"])].append(r)
+    out = []
+    for key, members in groups.items():
+        for (dataset, imb, bclassifier, bbackbone), bmembers in crts.items():
+            if (dataset, imb) != key[:2] or key[3] == bclassifier:
+                continue
+            row = {**dict(zip(keys, key)), "point": CHOSEN, "baseline": "crt",
+                   "baseline_classifier": bclassifier, "baseline_point": "default",
+                   "note": f"cRT on {bbackbone}"}
+            out.extend(_paired_groups(row, members, bmembers))
+    return out
+
+
+def method_paired_section(paired: list[dict]) -> str:
+    """Markdown: the validation-chosen methods against cRT (rows of method_paired_rows)."""
+    lines_by: dict[tuple, dict] = {}
+    for r in paired:
+        if r.get("group"):
+            key = (r["dataset"], str(r["imbalance_factor"]), r["backbone"], r["classifier"],
+                   r["baseline_classifier"])
+            lines_by.setdefault(key, {})[r["group"]] = r
+    if not lines_by:
+        return ""
+    head = ["dataset", "IF", "backbone", "classifier", "vs cRT entry", "runs", *METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, groups in lines_by.items():
+        first = next(iter(groups.values()))
+        cells = [*key, str(first.get("runs", "")),
+                 *(_verdict_cell(groups[m]) if m in groups else "-" for m in METRICS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    level = f"{100 * (1 - stats.ALPHA):.0f}%"
+    return (f"\n## Methods against cRT, paired\n\nEach row of \"Methods, sweeps chosen on "
+            f"validation\" (in every run, the point chosen on validation) against each cRT entry "
+            f"of the same data set, run by run (same split and training seed) over the same test "
+            f"images: the difference in points (method minus cRT, mean over runs), its {level} "
+            f"interval (a paired bootstrap over seeds and images; one run: McNemar's exact "
+            f"interval) and the verdict of an exact two-sided sign test at the {stats.ALPHA:g} "
+            f"level, as in \"Paired comparisons\" below. Rows: paired.csv, point \"{CHOSEN}\"."
+            f"\n\n" + "\n".join(lines) + "\n")
+
+
 def _verdict_cell(r: dict) -> str:
     if r.get("verdict") in (None, ""):
         return "-"
@@ -555,7 +613,8 @@ def write_summary(metric_paths: list[str], csv_path: str, md_path: str,
     inert = inert_sweeps(rows)
     for line in inert:
         print(f"warning: {line}")
-    paired = paired_rows(rows)
+    chosen_paired = method_paired_rows(rows)
+    paired = paired_rows(rows) + chosen_paired
     with atomic_path(csv_path) as tmp:
         Path(tmp).write_text(_csv_text(rows, COLUMNS))
     if paired_path is not None:
@@ -569,8 +628,10 @@ def write_summary(metric_paths: list[str], csv_path: str, md_path: str,
             "are those the config gives over the method's defaults. No hyper-parameter was "
             "selected on the test set: every sweep point is its own row.\n\n"
             + hosts_section(rows)
-            + (methods + "\n## Every job\n\n" if (methods := method_section(rows)) else "")
-            + markdown_table(rows) + scale_section(rows) + paired_section(paired)
+            + (methods + method_paired_section(chosen_paired) + "\n## Every job\n\n"
+               if (methods := method_section(rows)) else "")
+            + markdown_table(rows) + scale_section(rows)
+            + paired_section([r for r in paired if r.get("point") != CHOSEN])
             + chosen_section(rows) + inert_section(inert))
     with atomic_path(md_path) as tmp:
         Path(tmp).write_text(text)
