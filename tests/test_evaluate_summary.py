@@ -143,3 +143,15 @@ def test_sweep_whose_points_predict_the_same_is_reported(tmp_path, capsys):
     paths = [job("tau=0", [0, 0, 0, 0]), job("tau=1", [1, 1, 1, 1])]
     write_summary(paths, tmp_path / "t.csv", tmp_path / "t.md")
     assert "changed nothing" not in (tmp_path / "t.md").read_text()
+
+
+def test_machine_kinds_by_hand():
+    """A job that never imported torch (no capability) is the same kind as its processor with
+    one; two capabilities or two processors are two kinds."""
+    from ltpipe.report.summary import machine_kinds
+
+    xeon = "Intel Xeon 6/167/1"
+    assert machine_kinds([f"{xeon}/avx512", xeon, ""]) == 1
+    assert machine_kinds([f"{xeon}/avx512", f"{xeon}/avx2"]) == 2
+    assert machine_kinds([xeon, "AMD EPYC 7B13 64-Core 25/1/1/avx2"]) == 2
+    assert machine_kinds(["NVIDIA H100 80GB HBM3/cuda13.0", f"{xeon}/avx512"]) == 2

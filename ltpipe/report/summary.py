@@ -23,6 +23,7 @@ import csv
 import hashlib
 import io
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -338,21 +339,38 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def machine_kinds(labels) -> int:
+    """How many kinds of machine a set of :func:`ltpipe.provenance.host_label` labels names. A
+    label without torch's CPU capability (a job that never imported torch) is the same kind as a
+    label of the same processor with one; two capabilities of one processor are two kinds (torch
+    dispatches to other kernels)."""
+    caps: dict[str, set[str]] = defaultdict(set)
+    for label in labels:
+        if not label:
+            continue
+        m = re.fullmatch(r"(.+)/([a-z][a-z0-9_]*)", label)  # ".../avx512"; not "6/167/1"
+        cpu, cap = (m.group(1), m.group(2)) if m else (label, "")
+        caps[cpu].add(cap)
+    return sum(max(1, len(c - {""})) for c in caps.values())
+
+
 def hosts_section(rows: list[dict]) -> str:
     """Markdown: a plain warning when the rows came from more than one kind of machine (CPU
     training reproduces bit for bit on one kind of processor only), empty otherwise."""
     kinds: dict[tuple, int] = defaultdict(int)
     for r in rows:
         kinds[(r.get("train_host", ""), r.get("host", ""))] += 1
-    if len(kinds) < 2:
+    labels = {x for pair in kinds for part in pair for x in part.split("+")}
+    if machine_kinds(labels) < 2:
         return ""
     lines = [f"- trained on `{t or 'not recorded'}`, classifier stage on `{h or 'not recorded'}`: "
              f"{n} rows" for (t, h), n in sorted(kinds.items())]
     return ("\n## Machines\n\nThese rows came from more than one kind of machine. Training "
             "reruns bit for bit only on one kind of processor (another kind, or another torch "
             "CPU capability, picks other kernels), so differences between rows of different "
-            "kinds include that noise: compare them within seed noise, not digit for digit.\n\n"
-            + "\n".join(lines) + "\n")
+            "kinds include that noise: compare them within seed noise, not digit for digit. (A "
+            "classifier job that never imports torch records no capability.)\n\n"
+            + "\n".join(lines) + "\n\n")
 
 
 # ----------------------------------------------------------------------------------- scale
