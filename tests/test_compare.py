@@ -91,3 +91,19 @@ def test_bad_inputs_are_named(tmp_path):
         read_summary(tmp_path / "x.csv")
     with pytest.raises(LtpipeError, match="k must be > 0"):
         compare_rows(A, B, k=0)
+    with pytest.raises(LtpipeError, match="tolerance 'wide': give 'binomial' or a number"):
+        compare_rows(A, B, tolerance="wide")
+
+
+def test_single_seed_binomial_bound_by_hand():
+    """One seed: the bound is k x sqrt(2) x 100 sqrt(p (1 - p) / n) of the group's test images."""
+    a, b = row(0, 80.0, few=60.0), row(0, 82.0, few=50.0)
+    for r in (a, b):
+        r.update(n_all="300", n_many="150", n_medium="90", n_few="60")
+    (rec,) = compare_rows([a], [b], k=2.0)
+    few_bound = 2.0 * math.sqrt(2.0) * 100 * math.sqrt(0.55 * 0.45 / 60)  # p = mean of 60, 50
+    assert rec["verdict"] == "within noise"  # 10 points on 60 images: ~18 allowed
+    assert rec["basis"] == "binomial (n 60)" and rec["bound"] == pytest.approx(few_bound)
+    (tight,) = compare_rows([a], [b], k=0.5)
+    assert 10.0 > 0.5 * math.sqrt(2.0) * 100 * math.sqrt(0.55 * 0.45 / 60)
+    assert tight["verdict"] == "different"

@@ -142,9 +142,10 @@ def add_subcommands(subparsers) -> None:
     r.add_argument("--k", type=float, default=DEFAULT_K,
                    help="allowed difference in units of the seed noise of a difference of two "
                         "runs, sqrt(2) x std over seeds (default: %(default)s)")
-    r.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                   help="allowed difference in points where a configuration has a single seed "
-                        "(default: %(default)s)")
+    r.add_argument("--tolerance", default=DEFAULT_TOLERANCE,
+                   help="where a configuration has a single seed: 'binomial' (k x sqrt(2) x the "
+                        "binomial standard error of the accuracy over the group's test images) "
+                        "or a number of points (default: %(default)s)")
     r.add_argument("--out", default=None, help="also write the Markdown here")
     r.add_argument("--check", action="store_true",
                    help="exit 1 when a row is different or on one side only")

@@ -10,7 +10,11 @@ backbone, classifier entry, method, sweep point). Each matched row gets one verd
   noise of a difference of two runs, ``sqrt(2) * s``, where ``s`` is the standard deviation of
   that accuracy over the seeds of the same configuration (each side's sample variance over its
   own seeds, pooled over the sides that have two seeds or more); where neither side has two
-  seeds of a configuration, by at most the stated ``tolerance`` (points);
+  seeds of a configuration, by at most ``k`` times the same spread computed from the test set
+  instead, ``sqrt(2) * 100 * sqrt(p (1 - p) / n)`` with ``n`` the group's test images
+  (``summary.csv``'s ``n_*`` columns) and ``p`` the two sides' mean accuracy: the binomial
+  standard error, what one test set can resolve (``tolerance="binomial"``, the default), or by
+  at most a stated ``tolerance`` in points;
 - ``different``: otherwise.
 
 Rows present on one side only are listed as such. What it does not do: explain a difference.
@@ -33,7 +37,7 @@ KEY = tuple(COLUMNS[:COLUMNS.index("point") + 1])
 #: the seed-free part of KEY: rows that differ only in their seeds are one configuration
 CONFIG = tuple(k for k in KEY if k not in ("split_seed", "seed"))
 DEFAULT_K = 2.0
-DEFAULT_TOLERANCE = 1.0
+DEFAULT_TOLERANCE = "binomial"
 VERDICTS = ("identical", "within noise", "different", "only in A", "only in B")
 
 
@@ -85,13 +89,39 @@ def pooled_std(*estimates: tuple[float, int] | None) -> tuple[float, int] | None
     return math.sqrt(sum(v * d for v, d in known) / df), df
 
 
+def _binomial_spread(ra: dict, rb: dict, metric: str, va: float, vb: float) -> float | None:
+    """100 x sqrt(p (1 - p) / n): the binomial standard error of the group's accuracy over its
+    n test images (None where summary.csv records no n)."""
+    try:
+        n = int(ra.get(f"n_{metric}") or rb.get(f"n_{metric}"))
+    except (TypeError, ValueError):
+        return None
+    p = (va + vb) / 200.0
+    return 100.0 * math.sqrt(max(p * (1.0 - p), 0.0) / n) if n > 0 else None
+
+
+def parse_tolerance(text: str | float) -> str | float:
+    """``binomial`` or a number of points >= 0 (the CLI's --tolerance)."""
+    if text == "binomial":
+        return text
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = -1.0
+    if value < 0:
+        raise LtpipeError(f"tolerance {text!r}: give 'binomial' or a number of points >= 0")
+    return value
+
+
 def compare_rows(a: list[dict], b: list[dict], k: float = DEFAULT_K,
-                 tolerance: float = DEFAULT_TOLERANCE) -> list[dict]:
+                 tolerance: str | float = DEFAULT_TOLERANCE) -> list[dict]:
     """One record per row key: ``verdict``, each metric's two values and difference (B - A), and
     the bound it was held to (``bound``: the largest allowed difference of the metric that
-    decided; ``basis``: "seeds (df N)", the pooled degrees of freedom, or "tolerance")."""
-    if k <= 0 or tolerance < 0:
-        raise LtpipeError(f"k must be > 0 and tolerance >= 0, got k={k}, tolerance={tolerance}")
+    decided; ``basis``: "seeds (df N)", the pooled degrees of freedom, "binomial (n N)" or
+    "tolerance")."""
+    tolerance = parse_tolerance(tolerance)
+    if k <= 0:
+        raise LtpipeError(f"k must be > 0, got k={k}")
     a_by = {tuple(r[x] for x in KEY): r for r in a}
     b_by = {tuple(r[x] for x in KEY): r for r in b}
     noise_a, noise_b = seed_noise(a), seed_noise(b)
@@ -118,13 +148,21 @@ def compare_rows(a: list[dict], b: list[dict], k: float = DEFAULT_K,
             diff = vb - va
             rec[f"{m}_diff"] = diff
             noise = pooled_std(noise_a.get(config, {}).get(m), noise_b.get(config, {}).get(m))
-            bound = k * math.sqrt(2.0) * noise[0] if noise is not None else tolerance
+            if noise is not None:
+                bound, basis = k * math.sqrt(2.0) * noise[0], f"seeds (df {noise[1]})"
+            elif tolerance == "binomial" and (
+                    spread := _binomial_spread(ra, rb, m, va, vb)) is not None:
+                bound = k * math.sqrt(2.0) * spread
+                basis = f"binomial (n {ra.get(f'n_{m}') or rb.get(f'n_{m}')})"
+            else:
+                bound = 1.0 if tolerance == "binomial" else tolerance
+                basis = "tolerance"
             within = within and abs(diff) <= bound
             ratio = abs(diff) / bound if bound > 0 else (math.inf if diff else 0.0)
             if ratio > worst:
                 worst = ratio
                 rec["bound"] = bound
-                rec["basis"] = f"seeds (df {noise[1]})" if noise is not None else "tolerance"
+                rec["basis"] = basis
         rec["verdict"] = "identical" if same else ("within noise" if within else "different")
         out.append(rec)
     return out
@@ -136,7 +174,8 @@ def _f(v: float | None, signed: bool = False) -> str:
     return f"{v:+.2f}" if signed else f"{v:.2f}"
 
 
-def render(records: list[dict], name_a: str, name_b: str, k: float, tolerance: float) -> str:
+def render(records: list[dict], name_a: str, name_b: str, k: float,
+           tolerance: str | float) -> str:
     """Markdown: the counts per verdict, then one line per row."""
     counts = {v: sum(r["verdict"] == v for r in records) for v in VERDICTS}
     lines = [f"# Comparison: A = `{name_a}`, B = `{name_b}`", "",
@@ -145,7 +184,12 @@ def render(records: list[dict], name_a: str, name_b: str, k: float, tolerance: f
              f"Rule: identical = same accuracies and the same predicted class for every test "
              f"image (where both recorded predictions); within noise = every accuracy within "
              f"{k:g} x sqrt(2) x (std over the configuration's seeds, each side's variance "
-             f"pooled), or within {tolerance:g} points where neither side has two seeds.", "",
+             f"pooled); where neither side has two seeds, "
+             + (f"within {k:g} x sqrt(2) x the binomial standard error of the accuracy over the "
+                f"group's test images, 100 sqrt(p (1 - p) / n) (1 point where n is not recorded)."
+                if tolerance == "binomial" else f"within {tolerance:g} points.")
+             + " `bound`: the allowed difference of the group closest to it; `basis`: where "
+             "that bound came from.", "",
              "| dataset | IF | split | seed | backbone | classifier | point | all A | all B | "
              "diff all | diff many | diff medium | diff few | bound | basis | verdict |",
              "|" + "---|" * 16]
@@ -159,7 +203,7 @@ def render(records: list[dict], name_a: str, name_b: str, k: float, tolerance: f
 
 
 def compare(path_a: str | Path, path_b: str | Path, k: float = DEFAULT_K,
-            tolerance: float = DEFAULT_TOLERANCE) -> tuple[list[dict], str]:
+            tolerance: str | float = DEFAULT_TOLERANCE) -> tuple[list[dict], str]:
     """Compare two result sets; returns the records and their Markdown."""
     records = compare_rows(read_summary(path_a), read_summary(path_b), k, tolerance)
     return records, render(records, str(path_a), str(path_b), k, tolerance)
