@@ -90,3 +90,19 @@ def test_bad_names_are_refused(tmp_path):
 def test_the_repositorys_documented_tables_are_current():
     """Every table in README.md and docs/ is what its recorded run gives today."""
     assert doctables.update(check=True) == []
+
+
+def test_a_block_can_take_another_file_of_the_run(tmp_path):
+    root = tmp_path / "repo"
+    (root / "docs").mkdir(parents=True)
+    saved = tmp_path / "a_vs_b.md"
+    saved.write_text("# Comparison\n\n## Verdicts\n\n46 rows: 46 identical.\n\n## Rows\n\n| x |\n")
+    doctables.record(fake_run(tmp_path), "kernels", ["c"], root, extra=[saved])
+    page = root / "docs" / "r.md"
+    page.write_text('<!-- ltpipe-table run=kernels file=a_vs_b.md section="Verdicts" -->\n'
+                    '<!-- /ltpipe-table -->\n')
+    assert doctables.update(root) == ["docs/r.md: kernels / Verdicts"]
+    text = page.read_text()
+    assert "46 rows: 46 identical." in text and "| x |" not in text
+    with pytest.raises(LtpipeError, match="no such file"):
+        doctables.record(fake_run(tmp_path / "2"), "k2", ["c"], root, extra=[tmp_path / "nope"])

@@ -74,7 +74,8 @@ def _docs_tables(args: argparse.Namespace) -> int:
         if args.results is None or args.name is None or not args.command:
             raise SystemExit("docs-tables record: give RESULTS NAME and at least one --command "
                              "(the command that made the run, as a reader would type it)")
-        out = doctables.record(args.results, args.name, args.command, root, args.config)
+        out = doctables.record(args.results, args.name, args.command, root, args.config,
+                               args.extra)
         print(f"docs-tables: recorded {args.results} as {out}")
         return 0
     stale = doctables.update(root, check=args.check)
@@ -164,6 +165,8 @@ def add_subcommands(subparsers) -> None:
     d.add_argument("--command", action="append", default=[],
                    help="record: a command that made the run (repeat for several)")
     d.add_argument("--config", default=None, help="record: the config file the run used")
+    d.add_argument("--extra", action="append", default=[],
+                   help="record: another file made from the run to keep beside it (repeat)")
     d.add_argument("--check", action="store_true", help="update: change nothing, exit 1 if stale")
     d.add_argument("--root", default=str(ROOT), help="the repository (default: %(default)s)")
     d.set_defaults(func=_docs_tables)

@@ -178,7 +178,7 @@ def render(records: list[dict], name_a: str, name_b: str, k: float,
            tolerance: str | float) -> str:
     """Markdown: the counts per verdict, then one line per row."""
     counts = {v: sum(r["verdict"] == v for r in records) for v in VERDICTS}
-    lines = [f"# Comparison: A = `{name_a}`, B = `{name_b}`", "",
+    lines = [f"# Comparison: A = `{name_a}`, B = `{name_b}`", "", "## Verdicts", "",
              f"{len(records)} rows: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n)
              + ".", "",
              f"Rule: identical = same accuracies and the same predicted class for every test "
@@ -189,7 +189,7 @@ def render(records: list[dict], name_a: str, name_b: str, k: float,
                 f"group's test images, 100 sqrt(p (1 - p) / n) (1 point where n is not recorded)."
                 if tolerance == "binomial" else f"within {tolerance:g} points.")
              + " `bound`: the allowed difference of the group closest to it; `basis`: where "
-             "that bound came from.", "",
+             "that bound came from.", "", "## Rows", "",
              "| dataset | IF | split | seed | backbone | classifier | point | all A | all B | "
              "diff all | diff many | diff medium | diff few | bound | basis | verdict |",
              "|" + "---|" * 16]

@@ -12,6 +12,9 @@ A documentation page asks for a section of a recorded run's ``summary.md`` with 
     (generated: the stamp, then the section's text)
     <!-- /ltpipe-table -->
 
+(``file=NAME.md`` after the run picks another Markdown file of the recorded run, e.g. a saved
+``ltpipe compare-runs`` output.)
+
 ``ltpipe docs-tables update`` rewrites every block from its run; ``--check`` changes nothing and
 exits 1 naming each block that differs from what ``update`` would write (tests run it on the
 repository's docs). ``ltpipe docs-tables record RESULTS NAME --command ...`` records a run.
@@ -32,8 +35,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNS = Path("docs") / "runs"
 #: the pages whose blocks ``update`` fills (relative to the repository root)
 PAGES = ("README.md", "docs/*.md")
-BLOCK = re.compile(r'(<!-- ltpipe-table run=(?P<run>[\w.-]+) section="(?P<section>[^"]+)" -->\n)'
-                   r'(?P<body>.*?)(<!-- /ltpipe-table -->)', re.S)
+BLOCK = re.compile(r'(<!-- ltpipe-table run=(?P<run>[\w.-]+)(?: file=(?P<file>[\w.-]+\.md))? '
+                   r'section="(?P<section>[^"]+)" -->\n)(?P<body>.*?)'
+                   r'(?P<end><!-- /ltpipe-table -->)', re.S)
 
 
 def _column(rows: list[dict], name: str) -> list[str]:
@@ -41,8 +45,10 @@ def _column(rows: list[dict], name: str) -> list[str]:
 
 
 def record(results: str | Path, name: str, commands: list[str], root: Path = ROOT,
-           config: str | Path | None = None) -> Path:
-    """Copy ``results``'s report files into ``docs/runs/<name>/`` with ``run.json``."""
+           config: str | Path | None = None, extra: list[str | Path] = ()) -> Path:
+    """Copy ``results``'s report files into ``docs/runs/<name>/`` with ``run.json``; ``extra``:
+    more files made from the run (e.g. a saved ``ltpipe compare-runs`` output) to keep beside
+    them."""
     results = Path(results)
     summary = results / "summary.csv"
     if not summary.is_file():
@@ -61,13 +67,17 @@ def record(results: str | Path, name: str, commands: list[str], root: Path = ROO
         shutil.copyfile(p, out / p.name)
     if config is not None:
         shutil.copyfile(config, out / "config.yaml")
+    for p in map(Path, extra):
+        if not p.is_file():
+            raise LtpipeError(f"--extra {p}: no such file")
+        shutil.copyfile(p, out / p.name)
     stamp = {
         "name": name, "commands": list(commands),
         "code": _column(rows, "code"), "host": _column(rows, "host"),
         "train_host": _column(rows, "train_host"),
         "date": dt.datetime.fromtimestamp(newest, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "rows": len(rows), "files": [p.name for p in files]
-        + (["config.yaml"] if config is not None else []),
+        + (["config.yaml"] if config is not None else []) + [Path(p).name for p in extra],
     }
     write_json(out / "run.json", stamp)
     return out
@@ -93,13 +103,18 @@ def section(text: str, title: str) -> str:
     return m.group(1).strip("\n")
 
 
-def render_block(run: str, title: str, root: Path = ROOT, page: Path | None = None) -> str:
+def render_block(run: str, title: str, root: Path = ROOT, page: Path | None = None,
+                 file: str | None = None) -> str:
     folder = root / RUNS / run
     if not (folder / "run.json").is_file():
         raise LtpipeError(f"recorded run {run!r} not found ({folder / 'run.json'}); record it "
                           "with `ltpipe docs-tables record RESULTS NAME --command ...`")
     stamp = json.loads((folder / "run.json").read_text())
-    body = section((folder / "summary.md").read_text(), title)
+    name = file or "summary.md"
+    if not (folder / name).is_file():
+        raise LtpipeError(f"recorded run {run!r} has no {name}; its files: "
+                          f"{sorted(p.name for p in folder.iterdir())}")
+    body = section((folder / name).read_text(), title)
     line = stamp_line(run, stamp)
     if page is not None and page.parent != root / "docs":  # links are relative to the page
         rel = Path("docs") if page.parent == root else Path("..") / "docs"
@@ -122,10 +137,10 @@ def update(root: Path = ROOT, check: bool = False) -> list[str]:
         text = page.read_text()
 
         def fill(m: re.Match, page: Path = page) -> str:
-            body = render_block(m["run"], m["section"], root, page)
+            body = render_block(m["run"], m["section"], root, page, m["file"])
             if body != m["body"]:
                 stale.append(f"{page.relative_to(root)}: {m['run']} / {m['section']}")
-            return m.group(1) + body + m.group(5)
+            return m.group(1) + body + m["end"]
 
         new = BLOCK.sub(fill, text)
         if new != text and not check:

@@ -646,9 +646,8 @@ def write_summary(metric_paths: list[str], csv_path: str, md_path: str,
             "are those the config gives over the method's defaults. No hyper-parameter was "
             "selected on the test set: every sweep point is its own row.\n\n"
             + hosts_section(rows)
-            + (methods + method_paired_section(chosen_paired) + "\n## Every job\n\n"
-               if (methods := method_section(rows)) else "")
-            + markdown_table(rows) + scale_section(rows)
+            + method_section(rows) + method_paired_section(chosen_paired)
+            + "\n## Every job\n\n" + markdown_table(rows) + scale_section(rows)
             + paired_section([r for r in paired if r.get("point") != CHOSEN])
             + chosen_section(rows) + inert_section(inert))
     with atomic_path(md_path) as tmp:
