@@ -101,7 +101,7 @@ def test_a_block_can_take_another_file_of_the_run(tmp_path):
     page = root / "docs" / "r.md"
     page.write_text('<!-- ltpipe-table run=kernels file=a_vs_b.md section="Verdicts" -->\n'
                     '<!-- /ltpipe-table -->\n')
-    assert doctables.update(root) == ["docs/r.md: kernels / Verdicts"]
+    assert doctables.update(root) == [f"{page.relative_to(root)}: kernels / Verdicts"]
     text = page.read_text()
     assert "46 rows: 46 identical." in text and "| x |" not in text
     with pytest.raises(LtpipeError, match="no such file"):
