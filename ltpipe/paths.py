@@ -33,6 +33,12 @@ TEMPLATES = {
     "metrics": _JOB + "/metrics.json",
     "logits": _JOB + "/logits.npz",
     "plots": "{dataset}/if{imb}/plots",
+    # the report's figures, in that folder (plot_wnorm_confusion's kind: wnorm or confusion;
+    # plot_tsne's kind: backbone or fused)
+    "plot_perclass": "{dataset}/if{imb}/plots/perclass_{group}.png",
+    "plot_sweep": "{dataset}/if{imb}/plots/sweep_{classifier}.png",
+    "plot_wnorm_confusion": "{dataset}/if{imb}/plots/{kind}_{group}.png",
+    "plot_tsne": "{dataset}/if{imb}/plots/tsne_{kind}_{features}.png",
     "summary_csv": "summary.csv",
     "summary_md": "summary.md",
     "paired_csv": "paired.csv",

@@ -15,7 +15,6 @@ from ltpipe.workflow.targets import (
 )
 
 LOGS = PATHS.logs
-PLOTS = PATHS.pattern("plots")
 WNORM_CONFUSION = {"wnorm": "4. Classifier weight norms", "confusion": "5. Confusion matrices"}
 
 
@@ -67,7 +66,7 @@ rule plot_perclass:
         partial(group_metrics, config),
     output:
         report(
-            f"{PLOTS}/perclass_{{group}}.png",
+            PATHS.pattern("plot_perclass"),
             caption="../workflow/report/perclass.rst",
             category="2. Per-class accuracy",
             subcategory="{dataset} IF{imb}",
@@ -89,7 +88,7 @@ rule plot_sweep:
         partial(sweep_metrics, config),
     output:
         report(
-            f"{PLOTS}/sweep_{{classifier}}.png",
+            PATHS.pattern("plot_sweep"),
             caption="../workflow/report/sweep.rst",
             category="3. Sweeps",
             subcategory="{dataset} IF{imb}",
@@ -111,7 +110,7 @@ rule plot_wnorm_confusion:
         unpack(partial(group_inputs, config)),
     output:
         report(
-            f"{PLOTS}/{{kind}}_{{group}}.png",
+            PATHS.pattern("plot_wnorm_confusion"),
             caption="../workflow/report/wnorm_confusion.rst",
             category=lambda wc: WNORM_CONFUSION[wc.kind],
             subcategory="{dataset} IF{imb}",
@@ -139,7 +138,7 @@ rule plot_tsne:
         partial(tsne_inputs, config),
     output:
         report(
-            f"{PLOTS}/tsne_{{kind}}_{{features}}.png",
+            PATHS.pattern("plot_tsne"),
             caption="../workflow/report/tsne.rst",
             category="6. t-SNE of test features",
             subcategory="{dataset} IF{imb}",

@@ -193,14 +193,19 @@ def plot_targets(cfg: dict) -> list[str]:
         if (key.dataset, key.imb) in seen:
             continue
         seen.add((key.dataset, key.imb))
-        base = layout.path("plots", dataset=key.dataset, imb=key.imb)
+        where = {"dataset": key.dataset, "imb": key.imb}
         for g in groups(cfg, key.dataset):
-            out += [f"{base}/perclass_{g}.png", f"{base}/wnorm_{g}.png"]
+            out += [layout.path("plot_perclass", **where, group=g),
+                    layout.path("plot_wnorm_confusion", **where, kind="wnorm", group=g)]
             if num_classes_of(cfg["datasets"][key.dataset]) <= CONFUSION_MAX:
-                out.append(f"{base}/confusion_{g}.png")
-        out += [f"{base}/sweep_{c}.png" for c in swept_entries(cfg, key.dataset)]
-        out += [f"{base}/tsne_backbone_{b}.png" for b in tsne_backbones(cfg, key.dataset)]
-        out += [f"{base}/tsne_fused_{c}.png" for c in fused_entries(cfg, key.dataset)]
+                out.append(layout.path("plot_wnorm_confusion", **where, kind="confusion",
+                                       group=g))
+        out += [layout.path("plot_sweep", **where, classifier=c)
+                for c in swept_entries(cfg, key.dataset)]
+        out += [layout.path("plot_tsne", **where, kind="backbone", features=b)
+                for b in tsne_backbones(cfg, key.dataset)]
+        out += [layout.path("plot_tsne", **where, kind="fused", features=c)
+                for c in fused_entries(cfg, key.dataset)]
     return out
 
 
