@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+#: the shot groups, in the order of their codes (0 many, 1 medium, 2 few): every other list of
+#: them (the split's counts, summary columns, plots) reads this one
 GROUPS = ("many", "medium", "few")
 
 

@@ -1,4 +1,4 @@
-# Validation of the config and the target lists; all logic lives in ltpipe/workflow/config.py.
+# Validation of the config and the target lists: the checks are in ltpipe/workflow/config.py, the targets and input functions in ltpipe/workflow/targets.py.
 import os
 import sys
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ltpipe.evaluate import GROUPS
 from ltpipe.utils import LtpipeError
 
 MANY, MEDIUM, FEW = 0, 1, 2
-GROUP_NAMES: tuple[str, ...] = ("many", "medium", "few")
+GROUP_NAMES: tuple[str, ...] = GROUPS  # ltpipe.evaluate's, the one list
 
 
 def lt_counts(n_max: int, num_classes: int, imbalance_factor: float) -> list[int]:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ltpipe.evaluate import GROUPS
 from ltpipe.utils import LtpipeError, read_json
 
-SHOT_NAMES = ("many", "medium", "few")
+SHOT_NAMES = GROUPS
 
 
 @dataclass

@@ -17,7 +17,7 @@ from ltpipe.utils import atomic_path
 
 DPI = 110
 SHOT_MARKERS = {0: "o", 1: "^", 2: "X"}
-SHOT_NAMES = {0: "many", 1: "medium", 2: "few"}
+SHOT_NAMES = dict(enumerate(pdata.SHOT_NAMES))
 METRIC_STYLE = {"all": ("black", "o"), "many": ("tab:blue", "s"),
                 "medium": ("tab:orange", "^"), "few": ("tab:red", "v")}
 

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 
 from ltpipe.paths import imb_tag
-from ltpipe.report.summary import aggregate, markdown_table
+from ltpipe.report.summary import METRICS, aggregate, markdown_table
 from ltpipe.utils import LtpipeError, atomic_path
 from ltpipe.yamlfile import load_yaml_strict
 
@@ -199,7 +199,7 @@ def write_comparison(published_path: str | Path, summary_csv: str | Path, traits
     with open(summary_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
     for r in rows:
-        for k in ("all", "many", "medium", "few"):
+        for k in METRICS:
             r[k] = float(r[k]) if r.get(k) not in (None, "", "None") else None
     table = compare(load_published(published_path), rows, traits)
     buf = io.StringIO()

@@ -35,12 +35,12 @@ from ltpipe.provenance import code_label, host_label
 from ltpipe.report import stats
 from ltpipe.utils import LtpipeError, atomic_path, read_json
 
-METRICS = ("all", "many", "medium", "few")
+METRICS = ("all", *GROUPS)
 #: the 95% interval of each accuracy (Wilson over the job's test images, ltpipe.report.stats)
 INTERVALS = tuple(f"{m}_{end}" for m in METRICS for end in ("lo", "hi"))
 COLUMNS = ["dataset", "imbalance_factor", "split_seed", "seed", "backbone", "classifier",
-           "method", "point", "params", "all", "many", "medium", "few", *INTERVALS,
-           "n_all", "n_many", "n_medium", "n_few", "val_all", "chosen_on_val", "code", "host",
+           "method", "point", "params", *METRICS, *INTERVALS,
+           *(f"n_{m}" for m in METRICS), "val_all", "chosen_on_val", "code", "host",
            "train_host", "predictions"]
 GROUP_KEYS = ("dataset", "imbalance_factor", "backbone", "classifier", "method", "point")
 
@@ -225,7 +225,7 @@ def chosen_section(rows: list[dict]) -> str:
         return ("\n## Sweeps\n\nNo data set here has a validation split, so every sweep point "
                 "is reported above and none is chosen.\n")
     head = ["dataset", "IF", "seed", "backbone", "classifier", "chosen point", "val all",
-            "test all", "many", "medium", "few"]
+            "test all", *GROUPS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in chosen:
         cells = [r["dataset"], str(r["imbalance_factor"]), str(r["seed"]), r["backbone"],
