@@ -38,13 +38,7 @@ SMALL = CIFAR + ["resnet10"]
 _CACHE: dict[tuple, LTModel] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster on a shared 2-core machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def cached(name: str, head: str = "linear", num_classes: int = 7) -> LTModel:

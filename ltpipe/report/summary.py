@@ -288,15 +288,21 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var)
 
 
+def configurations(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """The rows grouped by configuration (``GROUP_KEYS``: all but the seeds), in first-seen
+    order."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[tuple(r[k] for k in GROUP_KEYS)].append(r)
+    return groups
+
+
 def aggregate(rows: list[dict]) -> list[dict]:
     """Per configuration: mean and sample standard deviation over split and training seeds, and
     (where every run has per-image correctness) the 95% interval of the mean in ``{metric}_ci``:
     Wilson for one run, the two-level bootstrap over seeds and images for several."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[tuple(r[k] for k in GROUP_KEYS)].append(r)
     out = []
-    for key, members in groups.items():
+    for key, members in configurations(rows).items():
         agg = dict(zip(GROUP_KEYS, key))
         agg["runs"] = len(members)
         agg["params"] = members[0].get("params", "")
@@ -450,9 +456,7 @@ def paired_rows(rows: list[dict]) -> list[dict]:
     data set and imbalance factor), paired by split and training seed over the same test images
     (:func:`ltpipe.report.stats.paired_comparison`), for all, many, medium and few. Where no such
     baseline ran, or the runs share no seeds, one row says so in ``note``."""
-    configs: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        configs[tuple(r[k] for k in GROUP_KEYS)].append(r)
+    configs = configurations(rows)
     out = []
     for key, members in configs.items():
         c = dict(zip(GROUP_KEYS, key))
