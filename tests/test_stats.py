@@ -50,6 +50,19 @@ def test_wilson_matches_the_quadratic_roots(k, n):
     assert lo <= k / n <= hi
 
 
+def test_sign_test_on_many_discordant_images():
+    """Thousands of flips (a 10,000-image test set) with no float overflow; symmetric, and
+    against the normal approximation where it is accurate."""
+    binom_two_sided = stats.binom_two_sided
+    assert binom_two_sided(1500, 1500) == 1.0
+    p = binom_two_sided(1450, 1550)
+    assert p == binom_two_sided(1550, 1450)
+    z = (1550 - 1500) / math.sqrt(3000 / 4)  # continuity-corrected normal: |z| - 0.5 / sd
+    approx = math.erfc((abs(z) - 0.5 / math.sqrt(750)) / math.sqrt(2))
+    assert p == pytest.approx(approx, rel=0.02)
+    assert binom_two_sided(0, 5000) == 0.0  # 2 / 2**5000 underflows to zero, no error
+
+
 def test_wilson_refuses_impossible_counts():
     with pytest.raises(ValueError, match="k=5 correct of n=3"):
         stats.wilson(5, 3)

@@ -58,8 +58,10 @@ def binom_two_sided(pos: int, neg: int) -> float:
     if n == 0:
         return 1.0
     k = min(pos, neg)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
-    return min(1.0, 2.0 * tail)
+    # exact integers, one division at the end: 2.0 ** n overflows a float from n = 1024 on
+    # (a 10,000-image test set easily has that many discordant images)
+    tail = sum(math.comb(n, i) for i in range(k + 1))
+    return min(1.0, 2 * tail / (1 << n))
 
 
 def clopper_pearson(k: int, n: int, alpha: float = ALPHA) -> tuple[float, float]:
