@@ -287,3 +287,19 @@ def test_methods_chosen_on_validation_against_crt_by_hand(tmp_path):
     md = (results / "summary.md").read_text()
     assert "## Methods against cRT, paired" in md
     assert f"| toy | 10 | ce | tau | crt | 2 | {100 * per_image.mean():+.2f} [" in md
+
+
+def test_several_runs_verdict_follows_the_interval_not_the_count():
+    """Three seeds on 60 images: 30 images won in one seed of three (d = +1/3), 15 lost in all
+    three (d = -1). The sign test counts 30 against 15 (p < 0.05, "better"), but the mean
+    difference is (30/3 - 15) / 60 = -8.33 points: the verdict is the interval's."""
+    base = [np.zeros(60, bool) for _ in range(3)]
+    meth = [np.zeros(60, bool) for _ in range(3)]
+    for s in range(3):
+        meth[s][s * 10:(s + 1) * 10] = True  # images 0-29: each won in exactly one seed
+        base[s][45:60] = True                # images 45-59: lost in every seed
+    res = stats.paired_comparison([stats.Run("t", m) for m in meth],
+                                  [stats.Run("t", b) for b in base])
+    assert (res.better_images, res.worse_images) == (30, 15)
+    assert res.p < 0.05 and res.diff == pytest.approx(-100 * 5 / 60)
+    assert res.hi < 0 and res.verdict == "worse"

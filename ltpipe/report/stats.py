@@ -199,7 +199,11 @@ def paired_comparison(method: list[Run], baseline: list[Run], reps: int = BOOTST
     :func:`mcnemar_interval` for one run, else a paired two-level percentile bootstrap interval.
     The test: per test image (one split's image),
     d = mean over that split's runs of (method correct - baseline correct); the exact two-sided
-    sign test on the images with d != 0 (McNemar's exact test when there is one run).
+    sign test on the images with d != 0 (McNemar's exact test when there is one run). The
+    verdict: with one run, McNemar's (its exact interval agrees with it); with several, the
+    bootstrap interval's (better when it lies above 0, worse below, else no detectable
+    difference), so that a verdict never contradicts its interval; ``p`` is still the sign
+    test's, which ignores how much each image moves.
     """
     if len(method) != len(baseline):
         raise ValueError(f"paired_comparison: {len(method)} method runs but {len(baseline)} "
@@ -229,5 +233,9 @@ def paired_comparison(method: list[Run], baseline: list[Run], reps: int = BOOTST
         reps_ = _replicates([[a, b] for a, b, _ in pairs], [ts for _, _, ts in pairs], reps,
                             seed)
         lo, hi = np.quantile(reps_, [ALPHA / 2, 1 - ALPHA / 2])
+    if len(pairs) == 1:
+        word = verdict(p, better, worse)
+    else:
+        word = "better" if lo > 0 else "worse" if hi < 0 else "no detectable difference"
     return Paired(len(pairs), len(d), 100 * acc_m, 100 * acc_b, 100 * (acc_m - acc_b),
-                  100 * float(lo), 100 * float(hi), better, worse, p, verdict(p, better, worse))
+                  100 * float(lo), 100 * float(hi), better, worse, p, word)

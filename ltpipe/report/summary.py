@@ -560,9 +560,9 @@ def method_paired_section(paired: list[dict]) -> str:
             f"of the same data set, run by run (same split and training seed) over the same test "
             f"images: the difference in points (method minus cRT, mean over runs), its {level} "
             f"interval (a paired bootstrap over seeds and images; one run: McNemar's exact "
-            f"interval) and the verdict of an exact two-sided sign test at the {stats.ALPHA:g} "
-            f"level, as in \"Paired comparisons\" below. Rows: paired.csv, point \"{CHOSEN}\"."
-            f"\n\n" + "\n".join(lines) + "\n")
+            f"interval) and the verdict it gives, as in \"Paired comparisons\" below. Every cRT "
+            f"entry is a baseline, on any backbone (an entry such as AFA + cRT is one too). "
+            f"Rows: paired.csv, point \"{CHOSEN}\".\n\n" + "\n".join(lines) + "\n")
 
 
 def _verdict_cell(r: dict) -> str:
@@ -601,9 +601,9 @@ def paired_section(paired: list[dict]) -> str:
             f"cRT on the same backbone, split and training seeds, over the same test images: the "
             f"accuracy difference in points (method minus baseline, mean over runs) with its "
             f"{level} interval (one run: McNemar's exact interval; several: a paired bootstrap "
-            f"over seeds and images), and the verdict of an exact two-sided sign test "
-            f"on the per-image differences (McNemar's exact test for one run) at the "
-            f"{stats.ALPHA:g} level: better, worse, or no diff. (no detectable difference). No "
+            f"over seeds and images), and the verdict: better or worse where that interval "
+            f"excludes 0 (for one run: McNemar's exact test at the {stats.ALPHA:g} level, which "
+            f"its interval agrees with), else no diff. (no detectable difference). No "
             f"correction for the many comparisons: about 1 in 20 true ties reads better or worse "
             f"by chance. Every number: paired.csv.\n\n" + "\n".join(lines) + "\n")
     if notes:
