@@ -167,7 +167,13 @@ def _stand_in(name: str, cfg: dict, tmp: Path) -> Path:
 def _dry_run(name: str, tmp: Path) -> str:
     work = tmp / name
     work.mkdir()
-    config = _stand_in(name, load(name), work)
+    cfg = load(name)
+    config = _stand_in(name, cfg, work)
+    for recipe in cfg["backbones"].values():  # a weights file is a train job's input: it must
+        if recipe.get("init_weights"):        # exist for the DAG (a stand-in: no job runs)
+            weights = work / recipe["init_weights"]
+            weights.parent.mkdir(parents=True, exist_ok=True)
+            weights.touch()
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work),
            "--configfile", str(config), "-n"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
