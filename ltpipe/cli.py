@@ -96,7 +96,7 @@ def cmd_classify(args: argparse.Namespace) -> None:
         run_classifier_job(split_path=args.split, cache_paths=args.caches, method=job["method"],
                            settings=job["settings"], seed=args.seed, out_dir=args.out_dir,
                            info=info, model_paths=args.models, threads=args.threads,
-                           device=str(device))
+                           device=str(device), upstream=job.get("on"))
         if device.slot is not None:
             _lease_line("released", device)
 

@@ -14,13 +14,13 @@ from ltpipe.classifiers.memory import rule_mem_mb
 
 rule classify:
     input:
-        unpack(lambda wc: classifier_inputs(config, wc)),
+        unpack(lambda wc: classifier_inputs(config, wc, JOBS)),
     output:
         metrics=PATHS.pattern("metrics"),
         logits=PATHS.pattern("logits"),
     params:
-        job=lambda wc: as_json(classifier_job(JOBS, wc.classifier, wc.point)),
-        info=lambda wc: classifier_info(config, wc),
+        job=lambda wc: classifier_params(config, JOBS, wc),
+        info=lambda wc: classifier_info(config, wc, JOBS),
     log:
         PATHS.log("classify"),
     threads: 1

@@ -16,6 +16,7 @@ from ltpipe.workflow.config import (
     classifier_info,
     classifier_inputs,
     classifier_job,
+    classifier_params,
     dump_settings,
     metric_targets,
     recipe_settings,
@@ -23,6 +24,7 @@ from ltpipe.workflow.config import (
     sweep_table,
     validate_schema,
 )
+from ltpipe.workflow.compose import expand_compositions
 from ltpipe.data.sources import data_state
 from ltpipe.paths import Layout
 from ltpipe.yamlfile import load_yaml_strict
@@ -31,6 +33,7 @@ for _path in workflow.configfiles:
     load_yaml_strict(_path)  # refuses duplicate keys, which plain YAML silently drops
 validate_schema(config)  # readable messages naming the key and the fix
 validate(config, "../workflow/schemas/config.schema.yaml")  # fills schema defaults
+expand_compositions(config)  # a composed entry (reads: <entry>) reads its inputs' backbones
 if workflow.is_main_process:
     # what a schema cannot express: registered names, references, sweeps. It imports torch
     # (~2 s), so only the main process runs it: a job that a cluster executor starts runs

@@ -54,8 +54,11 @@ def test_imb_tag():
 def test_metric_targets_of_default(cfg):
     targets = metric_targets(cfg)
     n_splits = len(cfg["datasets"]["digits"]["imbalance_factors"])
-    n_points = sum(len(sweep_points(c.get("settings", {}))) for c in cfg["classifiers"].values())
-    assert len(targets) == n_splits * n_points
+    n_points = sum(len(sweep_points(c.get("settings", {}))) for c in cfg["classifiers"].values()
+                   if "reads" not in c)
+    # composed entries: own points x their input's points (config.yaml's three: 2 + 2 + 2)
+    n_composed = 2 + 2 + 2
+    assert len(targets) == n_splits * (n_points + n_composed)
     assert "results/digits/if10/s0/cls/tau_norm/t0/tau=0.5/metrics.json" in targets
     assert "results/digits/if50/s0/cls/crt/t0/default/metrics.json" in targets
     assert len(set(targets)) == len(targets)
@@ -66,7 +69,8 @@ def test_per_job_settings_hold_only_their_own(cfg):
     assert "seeds" not in recipe_settings(cfg, "ce")
     jobs = sweep_table(cfg)
     job = classifier_job(jobs, "tau_norm", "tau=1.5")
-    assert job == {"method": "tau_norm", "backbones": ["ce"], "settings": {"tau": 1.5}}
+    assert job == {"method": "tau_norm", "backbones": ["ce"], "settings": {"tau": 1.5},
+                   "saves": ["head"]}  # its job saves its head (composition)
     with pytest.raises(LtpipeError, match=r"no sweep point 'tau=9.0'; its points: \['tau=0.0'"):
         classifier_job(jobs, "tau_norm", "tau=9.0")
 
@@ -76,8 +80,10 @@ def test_sweep_table_expands_each_sweep_once(cfg):
                                 "settings": {"tau": [0.5, 1.0]}},
                           "b": {"method": "ncm", "backbones": ["ce"]}}
     assert sweep_table(cfg) == {
-        ("a", "tau=0.5"): {"method": "tau_norm", "backbones": ["ce"], "settings": {"tau": 0.5}},
-        ("a", "tau=1.0"): {"method": "tau_norm", "backbones": ["ce"], "settings": {"tau": 1.0}},
+        ("a", "tau=0.5"): {"method": "tau_norm", "backbones": ["ce"], "settings": {"tau": 0.5},
+                           "saves": ["head"]},
+        ("a", "tau=1.0"): {"method": "tau_norm", "backbones": ["ce"], "settings": {"tau": 1.0},
+                           "saves": ["head"]},
         ("b", "default"): {"method": "ncm", "backbones": ["ce"], "settings": {}}}
 
 

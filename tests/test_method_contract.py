@@ -56,7 +56,7 @@ def test_method_runs_on_a_tiny_cache(name, tmp_path):
 
     spec = method_spec(name)
     paths = []
-    for i in range(spec.num_backbones):  # same labels in the same order, other features
+    for i in range(spec.num_backbones or 2):  # same labels in the same order, other features
         path = tmp_path / f"c{i}.zarr"
         write_features(path, synth(i, "cosine" if i else "linear"))
         paths.append(path)
@@ -75,8 +75,9 @@ def test_method_runs_on_a_tiny_cache(name, tmp_path):
     assert set(scores) >= set(feats[0].eval_splits())
     test = np.asarray(scores["test"])
     assert test.shape == (len(labels), feats[0].num_classes) and np.isfinite(test).all()
-    with pytest.raises(LtpipeError, match=f"takes {spec.num_backbones} backbone"):
-        run_method(name, feats * 2, tiny_settings(name), seed=0)
+    with pytest.raises(LtpipeError, match=f"takes {spec.inputs_text} backbone"):
+        run_method(name, feats * 2 if spec.num_backbones else feats[:1], tiny_settings(name),
+                   seed=0)
 
 
 def test_reading_every_spec_imports_no_torch():
@@ -101,5 +102,10 @@ def test_spec_problems_name_each_bad_fact():
     for part in ("needs=['feats']", "num_backbones=0", "gpu=True needs torch=True",
                  "settings ['lr']", "map_whole_bytes=5 applies only"):
         assert part in text, (part, text)
+    assert "features=True needs head=True" in "; ".join(
+        MethodSpec(needs={"pooled"}, features=True).problems())
+    assert "head=True on several inputs needs features=True" in "; ".join(
+        MethodSpec(needs={"pooled"}, num_backbones=2, head=True).problems())
+    assert MethodSpec(needs={"logits"}, num_backbones=None).problems() == []
     assert "map_chunk_bytes=None" in "; ".join(MethodSpec(needs={"fmap"},
                                                           map_whole_bytes=1).problems())

@@ -289,7 +289,7 @@ def test_plot_targets_of_the_default_config():
         base = f"results/digits/if{imb}/plots"
         assert {f"{base}/perclass_ce.png", f"{base}/wnorm_ce.png", f"{base}/confusion_ce.png",
                 f"{base}/sweep_tau_norm.png", f"{base}/tsne_backbone_ce.png"} <= targets
-    assert not any("sweep_crt" in t for t in targets)  # crt is not swept
+    assert not any("sweep_crt.png" in t for t in targets)  # crt is not swept
     assert {"results/comparison.csv", "results/comparison.md"} <= targets
     big = {**cfg, "datasets": {"digits": {**cfg["datasets"]["digits"], "source": "cifar100"}}}
     assert not any("confusion" in t for t in plot_targets(big))  # 100 classes: no matrix
@@ -298,8 +298,11 @@ def test_plot_targets_of_the_default_config():
 
 @pytest.fixture
 def default_cfg() -> dict:
+    from ltpipe.workflow.compose import expand_compositions
+
     cfg = load_yaml_strict(ROOT / "config.yaml")
     validate_schema(cfg)
+    expand_compositions(cfg)  # as rules/common.smk does
     return cfg
 
 
@@ -308,7 +311,9 @@ def test_input_functions_of_the_plot_rules(default_cfg):
     wc = SimpleNamespace(dataset="digits", imb="10", group="kps+ce", classifier="tau_norm")
     run, cls = "results/digits/if10/s0", "results/digits/if10/s0/cls"
     group = [f"{cls}/joint/t0/default", f"{cls}/joint_kps/t0/default", f"{cls}/ffn/t0/w1=0.5",
-             f"{cls}/ffn/t0/w1=0.9"]  # the group's entries and the joint ones on its backbones
+             f"{cls}/ffn/t0/w1=0.9", f"{cls}/crt_ffn/t0/default_on_w1=0.5",
+             f"{cls}/crt_ffn/t0/default_on_w1=0.9"]  # the group's entries (crt_ffn reads ffn's
+    # fused features) and the joint ones on its backbones
     caches = [f"{run}/kps/t0/cache.zarr", f"{run}/ce/t0/cache.zarr"]
     assert group_metrics(default_cfg, wc) == [f"{d}/metrics.json" for d in group]
     assert group_inputs(default_cfg, wc) == {

@@ -93,12 +93,63 @@ def _upstream_untouched(jobs: dict[str, int]) -> None:
 
 
 def test_classifier_setting_reruns_only_that_job(default_run):
+    cfg_path = _edited(default_run, lambda c: c["classifiers"]["lws"].update(
+        settings={"epochs": 3}))
+    jobs = planned_jobs(snakemake(default_run, "-n", config=cfg_path))
+    assert jobs.pop("classify") == 2  # lws on each of the two splits, nothing else
+    _upstream_untouched(jobs)
+    assert "plot_sweep" not in jobs  # lws has no sweep
+
+
+def test_composed_entries_run_and_name_their_chain(default_run):
+    """The default's composed entries (reads: <entry>) ran: one row per own point and input
+    point, named by the chain of methods, on the backbones their inputs read."""
+    with open(default_run / "results" / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    by = {}
+    for r in rows:
+        by.setdefault(r["classifier"], []).append(r)
+    assert {r["method"] for r in by["tau_norm_crt"]} == {"tau_norm(crt)"}
+    assert sorted(r["point"] for r in by["tau_norm_crt"]) == ["tau=0.5", "tau=0.5", "tau=1.0",
+                                                              "tau=1.0"]
+    assert {(r["method"], r["backbone"]) for r in by["crt_ffn"]} == {("crt(ffn)", "kps+ce")}
+    assert {r["point"] for r in by["crt_ffn"]} == {"default_on_w1=0.5", "default_on_w1=0.9"}
+    assert {r["method"] for r in by["ensemble_crt_bwlm"]} == {"ensemble(crt,bwlm)"}
+    job = (default_run / "results" / "digits" / "if10" / "s0" / "cls" / "crt_ffn" / "t0"
+           / "default_on_w1=0.5")
+    import json
+
+    prov = json.loads((job / "metrics.json").read_text())["provenance"]["upstream"]
+    assert prov[0]["classifier"] == "ffn" and prov[0]["point"] == "w1=0.5"
+    assert prov[0]["path"].endswith("cls/ffn/t0/w1=0.5/logits.npz")
+
+
+def test_an_input_entrys_setting_reruns_the_entries_composed_on_it(default_run):
+    """Changing crt reruns crt and every job that reads it (tau_norm_crt, ensemble_crt_bwlm),
+    nothing else; changing a composed entry's own setting reruns only its jobs."""
     cfg_path = _edited(default_run, lambda c: c["classifiers"]["crt"].update(
         settings={"epochs": 3}))
     jobs = planned_jobs(snakemake(default_run, "-n", config=cfg_path))
-    assert jobs.pop("classify") == 2  # crt on each of the two splits, nothing else
+    assert jobs.pop("classify") == 2 * (1 + 2 + 2)  # per split: crt, 2 tau_norm_crt, 2 ensembles
     _upstream_untouched(jobs)
-    assert "plot_sweep" not in jobs  # crt has no sweep
+    cfg_path = _edited(default_run, lambda c: c["classifiers"]["tau_norm_crt"]["settings"]
+                       .update(tau=[0.5]))
+    assert planned_jobs(snakemake(default_run, "-n", config=cfg_path)).get("classify") is None
+    cfg_path = _edited(default_run, lambda c: c["classifiers"]["crt_ffn"]["settings"]
+                       .update(epochs=3))
+    assert planned_jobs(snakemake(default_run, "-n", config=cfg_path))["classify"] == 4
+
+
+def test_a_composition_whose_types_do_not_fit_stops_before_any_job(default_run):
+    def edit(c):
+        c["classifiers"]["la_ncm"] = {"method": "logit_adjust", "reads": "ncm"}
+        c["classifiers"]["fsa_ffn"] = {"method": "fsa", "reads": "ffn"}
+
+    proc = snakemake(default_run, "-n", config=_edited(default_run, edit), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "classifiers.la_ncm: reads: 'ncm' (method 'ncm') saves no head" in out
+    assert "classifiers.fsa_ffn: method 'fsa' reads ['cam', 'fmap']" in out
 
 
 def test_classify_device_reruns_nothing_and_sets_gpu_and_memory(default_run):
@@ -129,8 +180,10 @@ def test_new_sweep_point_adds_one_job_per_split(default_run):
 def test_recipe_setting_reruns_backbone_and_what_it_feeds(default_run):
     cfg_path = _edited(default_run, lambda c: c["backbones"]["ce"].update(epochs=29))
     cfg = yaml.safe_load(cfg_path.read_text())
+    from ltpipe.workflow.compose import expand_compositions
     from ltpipe.workflow.config import metric_targets
 
+    expand_compositions(cfg)  # composed entries read their inputs' backbones
     reading_ce = [t for t in metric_targets(cfg)
                   if "ce" in cfg["classifiers"][t.split("/cls/")[1].split("/")[0]]["backbones"]]
     jobs = planned_jobs(snakemake(default_run, "-n", config=cfg_path))

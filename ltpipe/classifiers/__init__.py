@@ -29,7 +29,7 @@ from ltpipe.utils import LtpipeError
 METHODS: dict[str, str] = {
     name: f"ltpipe.classifiers.{name}"
     for name in ("joint", "crt", "lws", "tau_norm", "ncm", "logit_adjust", "ffn", "h2t", "fsa",
-                 "bwlm")
+                 "bwlm", "ensemble")
 }
 
 
@@ -82,8 +82,9 @@ def method_needs(name: str) -> set[str]:
     return set(method_spec(name).needs)
 
 
-def method_num_backbones(name: str) -> int:
-    """How many stage-one backbones (``Features``) the method takes: 2 for FFN, else 1."""
+def method_num_backbones(name: str) -> int | None:
+    """How many inputs (``Features``) the method takes: 2 for FFN, None for 2 or more (an
+    ensemble), else 1."""
     return method_spec(name).num_backbones
 
 
@@ -102,8 +103,8 @@ def run_method(name: str, inputs: list, settings: dict | None, seed: int,
     """
     module, spec = _lookup(name)
     merged = merge_settings(name, settings)
-    if len(inputs) != spec.num_backbones:
-        raise LtpipeError(f"method {name!r} takes {spec.num_backbones} backbone(s), got "
+    if not spec.takes(len(inputs)):
+        raise LtpipeError(f"method {name!r} takes {spec.inputs_text} backbone(s), got "
                           f"{len(inputs)}; fix the method's backbone list in the config")
     for feat in inputs:
         if len(feat.class_counts) != feat.num_classes:

@@ -54,7 +54,7 @@ SETTINGS = {
         sampler="instance",  # over the review set (already balanced by construction)
     ),
 }
-SPEC = MethodSpec(needs={"pooled"}, gpu=True, settings=SETTINGS)
+SPEC = MethodSpec(needs={"pooled"}, gpu=True, settings=SETTINGS, head=True)
 
 
 def review_indices(labels: torch.Tensor, num_classes: int,

@@ -115,7 +115,9 @@ def score_splits(feat: Features, key: str, method: str, device: torch.device,
     """{"test": scores, "val": scores?}: ``model`` applied to array ``key`` of each split.
 
     When ``model`` is a linear or cosine head, its effective weight (rows scaled by the output
-    scale) comes back too, as ``"head_weight"`` [C, D], for the weight-norm plots.
+    scale) comes back too, as ``"head_weight"`` [C, D], for the weight-norm plots, and without a
+    ``transform`` the head itself, as ``"head"`` (:func:`saved_head`: what a job composed on this
+    one reads).
     """
     out = {}
     for split in feat.eval_splits():
@@ -128,7 +130,22 @@ def score_splits(feat: Features, key: str, method: str, device: torch.device,
         if isinstance(model, ScaledCosineHead):
             w = F.normalize(w, dim=1)
         out["head_weight"] = (model.scale * w).cpu().numpy()
+        if transform is None:
+            out["head"] = saved_head(model)
     return out
+
+
+def saved_head(model: nn.Module):
+    """A ``ScaledLinearHead`` or ``ScaledCosineHead`` as an ``ltpipe.classifiers.outputs.Head``
+    (numpy) that gives the same scores."""
+    from ltpipe.classifiers.outputs import Head
+
+    w = model.weight.detach().float().cpu().numpy()
+    if isinstance(model, ScaledCosineHead):
+        return Head(w, None, model.scale, normalize_input=model.normalize_input,
+                    normalize_weight=True)
+    b = None if model.bias is None else model.bias.detach().float().cpu().numpy()
+    return Head(w, b, model.scale)
 
 
 def make_loss(name: str, counts, device: torch.device, **settings) -> LossFn:

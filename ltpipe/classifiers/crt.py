@@ -35,7 +35,7 @@ KANG_IMAGENET_LT = {
     "sampler": "class_balanced",  # Kang et al.: class-balanced sampling
 }
 SETTINGS = trainer_settings(epochs=10, **KANG_IMAGENET_LT)  # Kang et al.: 10 epochs
-SPEC = MethodSpec(needs={"pooled"}, gpu=True, settings=SETTINGS)
+SPEC = MethodSpec(needs={"pooled"}, gpu=True, settings=SETTINGS, head=True)
 
 
 def run(inputs: list, settings: dict, seed: int, device: torch.device) -> dict[str, np.ndarray]:

@@ -43,7 +43,9 @@ SETTINGS = {
     "lr": number(None, 0, optional=True, doc="start lr; null = the variant's"),
     "weight_decay": number(None, 0, optional=True, doc="SGD weight decay; null = the variant's"),
 }
-SPEC = MethodSpec(needs={"pooled"}, num_backbones=2, gpu=True, settings=SETTINGS)
+# saves its head and the fused features it reads (another job can train a head on them)
+SPEC = MethodSpec(needs={"pooled"}, num_backbones=2, gpu=True, settings=SETTINGS,
+                  head=True, features=True)
 VARIANT_DEFAULTS = {"paper": {"lr": 0.1, "sampler": "instance", "weight_decay": 2e-4},
                     "reference": {"lr": 0.002, "sampler": "class_balanced", "weight_decay": 1e-4}}
 
@@ -79,6 +81,7 @@ def run(inputs: list, settings: dict, seed: int, device: torch.device) -> dict[s
         make_loss,
         new_head,
         predict,
+        saved_head,
     )
     from ltpipe.classifiers.trainer import TrainConfig, make_generator, train_head
 
@@ -104,4 +107,9 @@ def run(inputs: list, settings: dict, seed: int, device: torch.device) -> dict[s
                      scale=settings["scale"])
     train_head(head, x, y, loss, cfg, gen)
     s = float(settings["scale"])
-    return {split: s * predict(head, fused(split)) for split in kps.eval_splits()}
+    head.scale = s  # scores are s * cos: the saved head gives the same
+    features = {split: fused(split) for split in ("train", *kps.eval_splits())}
+    out = {split: predict(head, features[split]) for split in kps.eval_splits()}
+    out["head"] = saved_head(head)
+    out["features"] = {split: x.float().cpu().numpy() for split, x in features.items()}
+    return out

@@ -53,7 +53,7 @@ MAX_CHUNK = 64  # batches per chunk at most
 # (ImageNet-LT's: 23 GB) is read per chunk of batches, only the rows they sample
 WHOLE_BYTES = 512 << 20
 SPEC = MethodSpec(needs={"pooled", "logits", "fmap", "cam"}, gpu=True, settings=SETTINGS,
-                  map_whole_bytes=WHOLE_BYTES, map_chunk_bytes=CHUNK_BYTES)
+                  head=True, map_whole_bytes=WHOLE_BYTES, map_chunk_bytes=CHUNK_BYTES)
 
 
 def run(inputs: list, settings: dict, seed: int, device: torch.device) -> dict[str, np.ndarray]:

@@ -42,7 +42,7 @@ SETTINGS = {
         sampler="class_balanced",  # receivers' sampler; donors are always instance-sampled
     ),
 }
-SPEC = MethodSpec(needs={"pooled"}, gpu=True, settings=SETTINGS)
+SPEC = MethodSpec(needs={"pooled"}, gpu=True, settings=SETTINGS, head=True)
 
 
 def channel_subset(dim: int, rho: float, generator: torch.Generator,

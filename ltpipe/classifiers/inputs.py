@@ -89,7 +89,9 @@ class Features:
     :class:`CachedRows` (use :func:`take_rows`). ``val`` is None where there is no val split.
     head_weight [C, D]; head_bias [C] or None (cosine head); head_kind "linear" | "cosine";
     logit_scale: logits = logit_scale * head(pooled) (1 for a linear head, the loss scale for a
-    cosine head); class_counts int64 [C] training counts.
+    cosine head); class_counts int64 [C] training counts. ``from_cache``: whether "pooled" is a
+    cache's own pooled arrays (False where another job's features were read:
+    :func:`ltpipe.classifiers.outputs.features_from_job`).
     """
 
     train: dict[str, np.ndarray]
@@ -100,6 +102,7 @@ class Features:
     head_kind: str
     logit_scale: float
     class_counts: np.ndarray
+    from_cache: bool = True
 
     @property
     def num_classes(self) -> int:

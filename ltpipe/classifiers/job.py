@@ -55,18 +55,45 @@ def cache_record(path: str | Path, reader) -> dict:
             "code": m.get("code"), "train_host": m.get("train_host"), "dump_host": m.get("host")}
 
 
+def upstream_features(upstream: list[dict], readers: list, need: set[str]) -> list:
+    """The inputs of a composed job: one ``Features`` per job it is composed on (``upstream``:
+    {"classifier", "point", "logits": that job's logits.npz, "cache": the index in ``readers``
+    of its first backbone's cache}), from its saved head (:mod:`ltpipe.classifiers.outputs`)."""
+    from ltpipe.classifiers.inputs import features_from_cache
+    from ltpipe.classifiers.outputs import features_from_job
+
+    wrong = sorted(need - {"pooled", "logits"})
+    if wrong:
+        raise LtpipeError(f"a composed job reads a saved head and its features; this method "
+                          f"also needs {wrong}, which only a backbone cache holds")
+    base: dict[int, object] = {}
+    out = []
+    for u in upstream:
+        i = int(u.get("cache", 0))
+        if i not in base:
+            base[i] = features_from_cache(readers[i], {"pooled"})
+        out.append(features_from_job(u["logits"], base[i],
+                                     f"job {u.get('classifier')}[{u.get('point')}]"))
+    return out
+
+
 def run_classifier_job(*, split_path: str, cache_paths: list[str], method: str, settings: dict,
                        seed: int, out_dir: str, info: dict | None = None,
                        model_paths: list[str] | None = None, threads: int | None = None,
-                       device: str = "cpu") -> dict:
+                       device: str = "cpu", upstream: list[dict] | None = None) -> dict:
     """Run ``method`` on the caches and write ``logits.npz`` and ``metrics.json`` to ``out_dir``.
+
+    ``upstream`` (a composed job, config ``reads:``): the jobs whose saved heads are the method's
+    inputs instead of the caches (:func:`upstream_features`); the caches then give the labels
+    and, where those jobs carried none, the features.
 
     ``metrics.json``'s ``seconds``: ``start`` (process start to the end of this function's imports:
     interpreter, torch, ltpipe; None where the process start is unknown), ``load`` (opening the
     caches and reading the arrays), ``fit`` (the method), ``write`` (scoring and writing).
     """
-    from ltpipe.classifiers import method_needs, method_uses_torch, run_method
+    from ltpipe.classifiers import method_needs, method_spec, method_uses_torch, run_method
     from ltpipe.classifiers.inputs import features_from_cache
+    from ltpipe.classifiers.outputs import output_arrays
     from ltpipe.data import read_split
     from ltpipe.evaluate import accuracy_report
 
@@ -82,7 +109,7 @@ def run_classifier_job(*, split_path: str, cache_paths: list[str], method: str, 
     if len(model_paths) != len(cache_paths):
         raise LtpipeError(f"got {len(cache_paths)} caches but {len(model_paths)} model files")
     need = set(method_needs(method))
-    features, caches, models = [], [], []
+    features, caches, models, readers = [], [], [], []
     with contextlib.ExitStack() as stack:  # readers stay open: feature maps are read on demand
         for cache_path, model_path in zip(cache_paths, model_paths):
             model_sha = None if model_path is None else sha256_file(model_path)
@@ -90,10 +117,16 @@ def run_classifier_job(*, split_path: str, cache_paths: list[str], method: str, 
                 models.append({"path": str(model_path), "sha256": model_sha})
             reader = stack.enter_context(
                 open_checked(cache_path, split.fingerprint, model_path, model_sha))
-            features.append(features_from_cache(reader, need))
+            readers.append(reader)
+            if not upstream:
+                features.append(features_from_cache(reader, need))
             caches.append(cache_record(cache_path, reader))
+        if upstream:
+            features = upstream_features(upstream, readers, need)
         t_load = time.perf_counter()
         scores = run_method(method, features, settings, seed, device)
+        saved = output_arrays(method, method_spec(method), scores, features)
+        scores = {k: v for k, v in scores.items() if k not in ("head", "features")}
         t_fit = time.perf_counter()
 
     metrics = {}
@@ -107,7 +140,8 @@ def run_classifier_job(*, split_path: str, cache_paths: list[str], method: str, 
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "logits.npz") as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **{k: np.asarray(v, dtype=np.float32) for k, v in scores.items()})
+            np.savez(fh, **{k: np.asarray(v, dtype=np.float32) for k, v in scores.items()},
+                     **saved)
     result = {
         **(info or {}),
         "method": method,
@@ -117,7 +151,11 @@ def run_classifier_job(*, split_path: str, cache_paths: list[str], method: str, 
         "provenance": {"code": code_version(), "versions": library_versions(),
                        "host": host_info(device),
                        "split": {"path": str(split_path), "fingerprint": split.fingerprint},
-                       "caches": caches, "models": models},
+                       "caches": caches, "models": models,
+                       **({"upstream": [{"classifier": u.get("classifier"),
+                                         "point": u.get("point"), "path": str(u["logits"]),
+                                         "sha256": sha256_file(u["logits"])}
+                                        for u in upstream]} if upstream else {})},
         "class_names": list(split.class_names),
         "class_counts": [int(c) for c in split.class_counts],
         "shot_groups": [int(g) for g in split.shot_groups],

@@ -17,7 +17,7 @@ from ltpipe.settings import number
 SETTINGS = {
     "tau": number(1.0, 0, doc="exponent of the row norm; 0 = no rescaling, 1 = unit-norm rows"),
 }
-SPEC = MethodSpec(needs={"pooled"}, torch=False, settings=SETTINGS)  # numpy only
+SPEC = MethodSpec(needs={"pooled"}, torch=False, settings=SETTINGS, head=True)  # numpy only
 CHUNK = 8192  # rows scored at a time
 
 
@@ -35,9 +35,12 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 def run(inputs: list, settings: dict, seed: int, device) -> dict[str, np.ndarray]:
-    """tau-normalized scores of each evaluated split (seed and device are unused)."""
+    """tau-normalized scores of each evaluated split, and the head (seed and device are unused)."""
+    from ltpipe.classifiers.outputs import Head
+
     (feat,) = inputs
-    wt = np.ascontiguousarray(tau_normalize(feat.head_weight, float(settings["tau"])).T)
+    w_tau = tau_normalize(feat.head_weight, float(settings["tau"]))
+    wt = np.ascontiguousarray(w_tau.T)
     scale = np.float32(feat.logit_scale)
     out = {}
     for split in feat.eval_splits():
@@ -49,4 +52,5 @@ def run(inputs: list, settings: dict, seed: int, device) -> dict[str, np.ndarray
                 f = l2_normalize(f)
             parts.append(scale * (f @ wt))
         out[split] = np.concatenate(parts).astype(np.float32, copy=False)
+    out["head"] = Head(w_tau, None, feat.logit_scale, normalize_input=feat.head_kind == "cosine")
     return out

@@ -60,7 +60,8 @@ def rows_from_metrics(paths: list[str | Path]) -> list[dict]:
             "seed": m.get("seed", ""),
             "backbone": "+".join(m.get("backbones", [])),
             "classifier": m.get("classifier", m.get("method")),
-            "method": m["method"],
+            # a composed job's chain of methods (tau_norm(crt)): the row names how it was made
+            "method": m.get("chain") or m["method"],
             "point": m.get("point", "default"),
             "params": ";".join(f"{k}={v}" for k, v in sorted(m.get("settings", {}).items())),
         }

@@ -171,12 +171,37 @@ def classifier_seeds(cfg: dict, clf: str) -> list[int]:
 def sweep_table(cfg: dict) -> dict[tuple[str, str], dict]:
     """``{(classifier, point): job}`` for every classifier entry and sweep point, built once.
 
-    A job is the method, the backbones it reads and the settings of that point.
+    A job is the method, the backbones it reads and the settings of that point; a composed
+    entry's job also lists, as ``on``, the input jobs (classifier and point) it reads
+    (:mod:`ltpipe.workflow.compose`: one job per own point and combination of its inputs' points),
+    and a job whose method saves a head says so (``saves``: what its logits.npz holds for jobs
+    composed on it; a job that ran before heads were saved reruns once for it).
     """
-    return {(clf, pid): {"method": ccfg["method"], "backbones": list(ccfg["backbones"]),
-                         "settings": settings}
-            for clf, ccfg in cfg["classifiers"].items()
-            for pid, settings in sweep_points(ccfg.get("settings", {}))}
+    from ltpipe.classifiers import method_names, method_spec
+    from ltpipe.workflow.compose import (
+        composed_points,
+        composition_order,
+        expand_compositions,
+        upstream_of,
+    )
+
+    expand_compositions(cfg)
+    per: dict[str, list[tuple[str, dict]]] = {}
+    for clf in composition_order(cfg):
+        ccfg = cfg["classifiers"][clf]
+        base = {"method": ccfg["method"], "backbones": list(ccfg["backbones"])}
+        spec = method_spec(ccfg["method"]) if ccfg["method"] in method_names() else None
+        if spec is not None and spec.head:
+            base["saves"] = ["head", "features"] if spec.features else ["head"]
+        own = sweep_points(ccfg.get("settings", {}))
+        ups = upstream_of(ccfg)
+        if not ups:
+            per[clf] = [(pid, {**base, "settings": settings}) for pid, settings in own]
+            continue
+        points = [(u, [pid for pid, _ in per[u]]) for u in ups]
+        per[clf] = [(pid, {**base, "settings": settings, "on": on})
+                    for pid, settings, on in composed_points(own, points)]
+    return {(clf, pid): job for clf in cfg["classifiers"] for pid, job in per[clf]}
 
 
 def classifier_job(jobs: dict[tuple[str, str], dict], clf: str, point: str) -> dict:
@@ -191,7 +216,7 @@ def classifier_job(jobs: dict[tuple[str, str], dict], clf: str, point: str) -> d
 
 def metric_targets(cfg: dict, jobs: dict[tuple[str, str], dict] | None = None) -> list[str]:
     """Every classifier-stage job's metrics.json: the workflow's leaves."""
-    layout, jobs = Layout(cfg), jobs or sweep_table(cfg)
+    layout, jobs = Layout(cfg), jobs or sweep_table(cfg)  # (sweep_table expands compositions)
     return [layout.path("metrics", **key.fields, classifier=clf, seed=seed, point=point)
             for key in splits(cfg) for clf in cfg["classifiers"]
             if key.dataset in classifier_datasets(cfg, clf)
@@ -230,28 +255,61 @@ def dump_settings(cfg: dict) -> dict:
     }
 
 
-def classifier_inputs(cfg: dict, wc: Any) -> dict:
-    """Input files of one classify job (``wc``: the rule's wildcards): split, caches, models."""
+def _run_fields(wc: Any) -> dict:
+    return {"dataset": wc.dataset, "imb": wc.imb, "split_seed": wc.split_seed, "seed": wc.seed}
+
+
+def classifier_inputs(cfg: dict, wc: Any, jobs: dict[tuple[str, str], dict] | None = None) -> dict:
+    """Input files of one classify job (``wc``: the rule's wildcards): split, caches, models,
+    and for a composed entry the logits.npz of each job it reads (``upstream``; ``jobs``:
+    :func:`sweep_table`, built here when not given)."""
+    from ltpipe.workflow.compose import upstream_of
+
     layout = Layout(cfg)
-    run = {"dataset": wc.dataset, "imb": wc.imb, "split_seed": wc.split_seed, "seed": wc.seed}
-    backbones = cfg["classifiers"][wc.classifier]["backbones"]
-    return {
+    run = _run_fields(wc)
+    ccfg = cfg["classifiers"][wc.classifier]
+    backbones = ccfg["backbones"]
+    out = {
         "split": layout.path("split", **run),
         "caches": [layout.path("cache", **run, backbone=b) for b in backbones],
         "models": [layout.path("model", **run, backbone=b) for b in backbones],
     }
+    if upstream_of(ccfg):
+        job = classifier_job(jobs or sweep_table(cfg), wc.classifier, wc.point)
+        out["upstream"] = [layout.path("logits", **run, classifier=u["classifier"],
+                                       point=u["point"]) for u in job["on"]]
+    return out
 
 
-def classifier_info(cfg: dict, wc: Any) -> str:
-    """The row labels a classify job writes into its metrics.json (JSON)."""
-    return as_json({
+def classifier_params(cfg: dict, jobs: dict[tuple[str, str], dict], wc: Any) -> str:
+    """The classify rule's ``job`` param (JSON): the job of :func:`classifier_job`, and for a
+    composed job each input job's logits.npz and cache index (the job reads them)."""
+    from ltpipe.workflow.compose import upstream_jobs
+
+    job = classifier_job(jobs, wc.classifier, wc.point)
+    if job.get("on"):
+        job = {**job, "on": upstream_jobs(cfg, job, _run_fields(wc), Layout(cfg))}
+    return as_json(job)
+
+
+def classifier_info(cfg: dict, wc: Any, jobs: dict[tuple[str, str], dict] | None = None) -> str:
+    """The row labels a classify job writes into its metrics.json (JSON); a composed job's also
+    name its inputs (``on``) and the chain of methods (``chain``, e.g. ``tau_norm(crt)``)."""
+    from ltpipe.workflow.compose import chain_text, upstream_of
+
+    info = {
         "dataset": wc.dataset,
         "imbalance_factor": wc.imb,
         "split_seed": int(wc.split_seed),
         "classifier": wc.classifier,
         "point": wc.point,
         "backbones": cfg["classifiers"][wc.classifier]["backbones"],
-    })
+    }
+    if upstream_of(cfg["classifiers"][wc.classifier]):
+        jobs = jobs or sweep_table(cfg)
+        info["on"] = classifier_job(jobs, wc.classifier, wc.point)["on"]
+        info["chain"] = chain_text(jobs, wc.classifier, wc.point)
+    return as_json(info)
 
 
 def as_json(obj: Any) -> str:
@@ -266,6 +324,9 @@ def check_config(cfg: dict) -> None:
 
     problems: list[str] = plugin_problems(cfg)  # clashing names, plug-ins that fail to load
     problems += _check_cache(cfg.get("cache", {}))
+    from ltpipe.workflow.compose import expand_compositions
+
+    expand_compositions(cfg)  # on: names, cycles; fills in composed entries' backbones
     for name, ds in cfg["datasets"].items():
         problems += [f"datasets.{name}: {p}" for p in _check_dataset(ds)]
     for name, rc in cfg["backbones"].items():
@@ -391,14 +452,15 @@ def _check_recipe(cfg: dict, rc: dict) -> list[str]:
 
 
 def _check_classifier(cfg: dict, name: str, cc: dict) -> list[str]:
-    from ltpipe.classifiers import merge_settings, method_names, method_num_backbones
+    from ltpipe.classifiers import merge_settings, method_names, method_spec
+    from ltpipe.workflow.compose import composition_problems, upstream_of
 
     out = []
     method = cc["method"]
     if method not in method_names():
         return [f"method: {method!r} is not registered; choose one of {method_names()}"]
     try:  # a plug-in method is imported here: an import error or a broken SPEC is refused now
-        want = method_num_backbones(method)
+        spec = method_spec(method)
     except LtpipeError as err:
         return [f"method: {err}"]
     missing = [b for b in cc["backbones"] if b not in cfg["backbones"]]
@@ -406,8 +468,10 @@ def _check_classifier(cfg: dict, name: str, cc: dict) -> list[str]:
         out.append(f"backbones: {missing} not defined under backbones: (defined: "
                    f"{sorted(cfg['backbones'])})")
         return out
-    if len(cc["backbones"]) != want:
-        out.append(f"backbones: method {method!r} reads {want} backbone(s), got "
+    if upstream_of(cc):
+        out += composition_problems(cfg, name)
+    elif not spec.takes(len(cc["backbones"])):
+        out.append(f"backbones: method {method!r} reads {spec.inputs_text} backbone(s), got "
                    f"{len(cc['backbones'])}: {cc['backbones']}")
     if not classifier_datasets(cfg, name):
         out.append(f"backbones {cc['backbones']} share no data set; align their datasets: lists")

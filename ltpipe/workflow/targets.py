@@ -21,6 +21,7 @@ from ltpipe.workflow.config import (
     shared_seeds,
     splits,
     sweep_points,
+    sweep_table,
 )
 
 #: a confusion matrix is drawn only for data sets of at most this many classes
@@ -73,12 +74,17 @@ def sweep_entries(cfg: dict, dataset: str, clf: str) -> list[str]:
 def swept_entries(cfg: dict, dataset: str) -> list[str]:
     """Classifier entries with more than one sweep point."""
     return [c for c in _entries(cfg, dataset)
-            if len(sweep_points(cfg["classifiers"][c].get("settings", {}))) > 1]
+            if len(entry_points(cfg, c)) > 1]
+
+
+def entry_points(cfg: dict, clf: str) -> list[str]:
+    """The sweep points of a classifier entry (a composed entry's include its inputs' points)."""
+    return [p for c, p in sweep_table(cfg) if c == clf]
 
 
 def entry_files(cfg: dict, dataset: str, imb: str, clf: str, name: str) -> list[str]:
     """Artifact ``name`` (metrics / logits) of every split seed, training seed and point."""
-    points = [p for p, _ in sweep_points(cfg["classifiers"][clf].get("settings", {}))]
+    points = entry_points(cfg, clf)
     return [Layout(cfg).path(name, **d, classifier=clf, seed=seed, point=p)
             for _, d in _split_dirs(cfg, dataset, imb)
             for seed in classifier_seeds(cfg, clf) for p in points]
@@ -106,13 +112,13 @@ def summary_inputs(cfg: dict, jobs: dict | None = None) -> dict[str, list[str]]:
     """Input of the summary rule: every classify job's metrics.json and logits.npz, and the cache
     of each job's first backbone (its test labels: what :func:`ltpipe.report.summary.job_files`
     reads for the intervals and paired comparisons)."""
-    layout = Layout(cfg)
+    layout, jobs = Layout(cfg), jobs or sweep_table(cfg)
     metrics = metric_targets(cfg, jobs)
     logits, caches = [], []
     for path in metrics:
         f = parse("metrics", path)
         logits.append(layout.path("logits", **f))
-        cache = classifier_inputs(cfg, SimpleNamespace(**f))["caches"][0]
+        cache = classifier_inputs(cfg, SimpleNamespace(**f), jobs)["caches"][0]
         if cache not in caches:
             caches.append(cache)
     return {"metrics": metrics, "logits": logits, "caches": caches}
@@ -185,7 +191,9 @@ def tsne_args(cfg: dict, wildcards) -> list[str]:
 def plot_targets(cfg: dict) -> list[str]:
     """Every plot and table the report rules make for this config."""
     from ltpipe.data.sources import num_classes_of
+    from ltpipe.workflow.compose import expand_compositions
 
+    expand_compositions(cfg)  # composed entries read their inputs' backbones
     layout = Layout(cfg)
     out = [layout.path(name) for name in ("comparison_csv", "comparison_md", "tables_html")]
     seen = set()
