@@ -8,8 +8,9 @@ A method whose spec declares ``head=True`` returns, besides its scores, ``"head"
 reproduces the scores (:func:`check_head`) and saves both into its ``logits.npz`` under the keys
 of :data:`KEYS` (beside the scores). A job composed on it (config ``reads: <entry>``) reads
 them back as a :class:`ltpipe.classifiers.inputs.Features` (:func:`features_from_job`), so
-that every method that runs on a backbone's cache runs unchanged on another job's head: tau-norm
-and logit adjustment on a retrained head, cRT or H2T on fused features, an ensemble of several heads.
+that every method that runs on a backbone's cache runs unchanged on another job's head:
+tau-norm and logit adjustment on a retrained head, cRT or H2T on fused features, an ensemble of
+several heads.
 No torch here: numpy only.
 """
 
