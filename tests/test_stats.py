@@ -272,7 +272,9 @@ def test_methods_chosen_on_validation_against_crt_by_hand(tmp_path):
                 "backbones": ["ce"], "classifier": clf, "method": clf, "point": point,
                 "settings": {}, "class_counts": COUNTS, "shot_groups": SHOTS,
                 "metrics": {"test": accuracy_report(scores, labels, np.asarray(SHOTS)),
-                            "val": {"all": val}}})
+                            "val": {"all": val}},
+                # tau is composed on crt's head (reads: crt): its rows name the chain
+                **({"chain": "tau(crt)"} if clf == "tau" else {})})
     assert ltpipe_main(["report", "--results", str(results)]) in (0, None)
     # chosen on validation: seed 0 -> tau=1 (61 > 60), seed 1 -> tau=0 (61 > 60)
     method = [correct[("tau", "tau=1", 0)], correct[("tau", "tau=0", 1)]]
@@ -287,6 +289,12 @@ def test_methods_chosen_on_validation_against_crt_by_hand(tmp_path):
     md = (results / "summary.md").read_text()
     assert "## Methods against cRT, paired" in md
     assert f"| toy | 10 | ce | tau | crt | 2 | {100 * per_image.mean():+.2f} [" in md
+    # the compositions' own table: chosen points, and the same paired difference against cRT
+    part = md.split("## Compositions, chosen on validation")[1]
+    line = next(x for x in part.splitlines() if x.startswith("| toy | 10 | tau |"))
+    assert line.startswith("| toy | 10 | tau | tau(crt) | tau=0, tau=1 | 2 | ")
+    assert line.split(" | ")[-1].startswith(f"{100 * per_image.mean():+.2f} [")
+    assert "all vs crt" in part
 
 
 def test_several_runs_verdict_follows_the_interval_not_the_count():

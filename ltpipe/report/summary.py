@@ -479,6 +479,49 @@ def paired_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
+def is_composed(row: dict) -> bool:
+    """Whether a summary row comes from a composed entry (its method column is a chain,
+    ``tau_norm(crt)``: ltpipe.workflow.compose.chain_text)."""
+    return "(" in str(row["method"])
+
+
+def composition_section(rows: list[dict], chosen_paired: list[dict]) -> str:
+    """Markdown: each composed entry (config ``reads:``) with its points chosen on validation,
+    mean ± std over the runs, and its paired verdict on all test images against each cRT entry
+    (rows of :func:`method_paired_rows`): does any composition beat cRT?"""
+    picked = [r for r in method_rows(rows) if is_composed(r)]
+    if not picked:
+        return ""
+    keys = ("dataset", "imbalance_factor", "backbone", "classifier", "method")
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in picked:
+        groups[tuple(r[k] for k in keys)].append(r)
+    verdicts = {(r["classifier"], r["baseline_classifier"]): r for r in chosen_paired
+                if r.get("group") == "all"}
+    baselines = list(dict.fromkeys(b for _, b in verdicts))
+    head = ["dataset", "IF", "classifier", "chain", "chosen points", "runs", *METRICS,
+            *(f"all vs {b}" for b in baselines)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, members in groups.items():
+        points = defaultdict(int)
+        for m in members:
+            points[m["point"]] += 1
+        chosen = ", ".join(f"{p} x{n}" if n > 1 else p for p, n in sorted(points.items()))
+        accs = [_fmt(_mean_std([float(m[k]) for m in members if m[k] is not None])
+                     if any(m[k] is not None for m in members) else (None, None))
+                for k in METRICS]
+        vs = [_verdict_cell(verdicts[key[3], b]) if (key[3], b) in verdicts else "-"
+              for b in baselines]
+        lines.append("| " + " | ".join([key[0], str(key[1]), key[3], key[4], chosen,
+                                        str(len(members)), *accs, *vs]) + " |")
+    return ("\n## Compositions, chosen on validation\n\nEach composed entry (a method on another "
+            "entry's saved head or fused features, docs/composition.md): in each run the "
+            "combination of its own and its input's points with the best validation accuracy, "
+            "the test accuracy's mean ± sample std over the runs, and the paired difference on "
+            "all test images against each cRT entry (mean, interval and verdict as in \"Methods "
+            "against cRT, paired\").\n\n" + "\n".join(lines) + "\n")
+
+
 def _paired_groups(row: dict, members: list[dict], bmembers: list[dict]) -> list[dict]:
     runs = {(r["split_seed"], r["seed"]): r for r in members}
     bruns = {(r["split_seed"], r["seed"]): r for r in bmembers}
@@ -652,6 +695,7 @@ def write_summary(metric_paths: list[str], csv_path: str, md_path: str,
             "selected on the test set: every sweep point is its own row.\n\n"
             + hosts_section(rows)
             + method_section(rows) + method_paired_section(chosen_paired)
+            + composition_section(rows, chosen_paired)
             + "\n## Every job\n\n" + markdown_table(rows) + scale_section(rows)
             + paired_section([r for r in paired if r.get("point") != CHOSEN])
             + chosen_section(rows) + inert_section(inert))
