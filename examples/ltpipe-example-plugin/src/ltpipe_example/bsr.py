@@ -22,7 +22,8 @@ SETTINGS = {
     **trainer_settings(epochs=10, batch_size=128, lr=0.1, lr_min=0.0, schedule="cosine",
                        momentum=0.9, weight_decay=5e-4, sampler="instance"),
 }
-SPEC = MethodSpec(needs={"pooled"}, num_backbones=1, torch=True, gpu=True, settings=SETTINGS)
+SPEC = MethodSpec(needs={"pooled"}, num_backbones=1, torch=True, gpu=True, settings=SETTINGS,
+                  head=True)
 
 
 def run(inputs: list, settings: dict, seed: int, device) -> dict:
