@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + text)
     (out / "planning.md").write_text(text)
     (out / "planning.json").write_text(json.dumps(
-        {"commit": commit, "code": str(code), "host": host, "cpus": os.cpu_count(),
+        {"commit": commit, "host": host, "cpus": os.cpu_count(),
          "rounds": args.rounds, "start_up": start_up, "rows": rows}, indent=2) + "\n")
 
 
