@@ -120,10 +120,10 @@ def plugin_problems(cfg: dict | None = None) -> list[str]:
     not a ``Source`` (plug-in methods and architectures are loaded by their own checks)."""
     from ltpipe.classifiers import plugin_problems as method_problems
     from ltpipe.data.sources import BUILTIN_SOURCES, source_class
-    from ltpipe.models.registry import builtin_model_names
+    from ltpipe.models.catalog import builtin_names
 
     out = method_problems()
-    out += clash_problems("architectures", builtin_model_names())
+    out += clash_problems("architectures", builtin_names())
     out += clash_problems("sources", BUILTIN_SOURCES)
     used = {ds.get("source") for ds in ((cfg or {}).get("datasets") or {}).values()}
     for name in sorted(used & set(names("sources")) - set(BUILTIN_SOURCES), key=str):

@@ -35,8 +35,9 @@ validate_schema(config)  # readable messages naming the key and the fix
 validate(config, "../workflow/schemas/config.schema.yaml")  # fills schema defaults
 expand_compositions(config)  # a composed entry (reads: <entry>) reads its inputs' backbones
 if workflow.is_main_process:
-    # what a schema cannot express: registered names, references, sweeps. It imports torch
-    # (~2 s), so only the main process runs it: a job that a cluster executor starts runs
+    # what a schema cannot express: registered names, references, sweeps. It reads torch-free
+    # declarations (ltpipe.models.catalog, ltpipe.losses.spec; tests/test_imports.py) but may load
+    # plug-ins, so only the main process runs it: a job that a cluster executor starts runs
     # Snakemake again on the node, with the config the main process already checked.
     check_config(config)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,3 +48,24 @@ def test_stage2_scale_memory_prints_request_and_peak(tmp_path, capsys):
     assert len(rows) == 2, out
     assert "EXCEEDS" not in out and out.count(" fits ") == 2, out
     assert not work.exists()
+
+
+def test_planning_grid_configs_and_bare_snakefile(tmp_path):
+    """benchmarks/planning.py's inputs, without running Snakemake: a grid point gives the
+    preset's first imbalance factors and that many training seeds on every backbone; the bare
+    Snakefile asks for exactly the given number of jobs; bad arguments are refused by name."""
+    planning = _load("planning")
+    cfg = yaml.safe_load(planning.ltpipe_config(ROOT, 2, 3, tmp_path).read_text())
+    preset = yaml.safe_load((ROOT / planning.PRESET).read_text())
+    (ds_name,) = cfg["datasets"]
+    assert cfg["datasets"][ds_name]["imbalance_factors"] == \
+        preset["datasets"][ds_name]["imbalance_factors"][:2]
+    assert cfg["datasets"][ds_name]["root"] == str(tmp_path / "data")
+    assert {tuple(r["seeds"]) for r in cfg["backbones"].values()} == {(0, 1, 2)}
+    text = planning.bare_snakefile(5, tmp_path).read_text()
+    assert "i=range(4)" in text  # 4 touch jobs + all = 5
+    assert planning.grid_point("5x8") == (5, 8)
+    with pytest.raises(argparse.ArgumentTypeError, match="'5': expected IFSxSEEDS"):
+        planning.grid_point("5")
+    with pytest.raises(SystemExit, match="'no-such-rev' is neither a directory nor a git"):
+        planning.checkout("no-such-rev", tmp_path)

@@ -3,6 +3,10 @@ classifier stage and the report never import stage one (``ltpipe.train``), not e
 another module. Imports are read from the source with ``ast`` (inside functions too), so an
 import that only runs on some path is caught as well.
 
+What DAG building imports is checked at run time too: the config check of every preset and of
+config.yaml, in a fresh interpreter, leaves torch unimported (it costs ~2 s and ~600 MB in the
+Snakemake process).
+
 One module is not followed: ``ltpipe.workflow.config``, the config validator, checks every stage's
 settings and so imports ``ltpipe.train.recipe`` inside its recipe checks; of the report, only
 ``workflow.targets`` (the report rules' targets, which the Snakefile runs) imports it."""
@@ -10,6 +14,8 @@ settings and so imports ``ltpipe.train.recipe`` inside its recipe checks; of the
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +153,23 @@ def test_the_dump_step_is_not_in_the_storage_package():
     for name in sorted(m for m in graph if m.startswith("ltpipe.cache")):
         reach = _reachable(graph, name)
         assert not [m for m in reach if m.startswith(("ltpipe.models", "ltpipe.train"))], name
+
+
+CONFIGS = [ROOT / "config.yaml", *sorted((ROOT / "workflow" / "presets").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_check_imports_no_torch(path):
+    """What the Snakefile runs on a config before planning (schema, check_config: registered
+    architectures and their settings, losses and theirs, methods, sweeps), in a fresh
+    interpreter: torch stays unimported."""
+    code = ("import sys, yaml\n"
+            "from ltpipe.workflow.config import check_config, validate_schema\n"
+            f"cfg = yaml.safe_load(open({str(path)!r}))\n"
+            "validate_schema(cfg)\n"
+            "check_config(cfg)\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[]", f"{path.name}: the config check imported {out.stdout}"

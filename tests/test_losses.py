@@ -322,6 +322,21 @@ def test_registry_covers_every_name():
     assert all(issubclass(cls, LTLoss) for cls in LOSSES.values())
 
 
+def test_the_torch_free_declarations_are_the_classes_settings():
+    """The config check reads ltpipe.losses.spec (no torch); the classes read the same
+    declarations, and a built-in class that declares other settings is refused."""
+    from ltpipe.losses.spec import LOSS_SPECS, default_settings, loss_names
+
+    assert loss_names() == sorted(LOSSES)
+    for name, spec in LOSS_SPECS.items():
+        assert LOSSES[name].__module__ == spec.module
+        assert dict(LOSSES[name].SETTINGS) == dict(spec.settings)
+        assert default_settings(name) == loss_settings(name)
+    with pytest.raises(LtpipeError, match="'kps'.*differs from its declaration"):
+        register_loss("kps")(type("KPSLoss", (LTLoss,), {"__module__": "ltpipe.losses.kps"}))
+    assert LOSSES["kps"].SETTINGS["max_scale"].default == 50.0  # the real one stays
+
+
 def test_loss_settings_defaults():
     assert loss_settings("ldam")["scale"] == 30.0 and loss_settings("ldam")["max_m"] == 0.5
     assert loss_settings("ldam")["drw_epoch"] is None

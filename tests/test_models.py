@@ -79,6 +79,30 @@ def test_bad_kwarg_is_named():
         build_model("resnet8", 10, widths=[32, 16, 64])
 
 
+def test_the_catalog_declares_every_builtin_constructor():
+    """The config check reads ltpipe.models.catalog (no torch): each built-in's module and
+    settings there are its registered constructor's, and a constructor that disagrees with its
+    declaration is refused when registered."""
+    from ltpipe.models.catalog import ARCHITECTURES, check_model_kwargs, signature_kwargs
+
+    assert sorted(ARCHITECTURES) == sorted(MODELS)
+    for name, arch in ARCHITECTURES.items():
+        assert MODELS[name].__module__ == arch.module, name
+        assert set(signature_kwargs(MODELS[name])) == set(arch.kwargs), name
+    check_model_kwargs("vit_b_16", {"image_size": 32, "input_size": 32})
+    with pytest.raises(LtpipeError, match=r"'resnet50' takes no setting 'widths'.*"
+                                          r"\['zero_init_residual', 'input_size'\]"):
+        check_model_kwargs("resnet50", {"widths": [16, 32, 64]})
+
+    def resnet8(in_channels=3, depth=8):
+        return MODELS["resnet20"](in_channels=in_channels)
+
+    resnet8.__module__ = "ltpipe.models.cifar_resnet"
+    with pytest.raises(LtpipeError, match="'resnet8'.*catalog declares"):
+        register_model("resnet8")(resnet8)
+    assert MODELS["resnet8"] is not resnet8
+
+
 def test_register_model_warns_on_reregistration():
     def ctor_a(in_channels=3):
         return MODELS["resnet8"](in_channels=in_channels)

@@ -234,9 +234,10 @@ def test_bad_config_stops_before_any_job(default_run):
 
 
 def test_job_side_snakemake_skips_the_torch_importing_check(tmp_path):
-    """A cluster job runs Snakemake again on its node (``--mode remote``); the config check that
-    imports torch (~2 s) runs only in the main process, which the bad config below shows: the
-    main process refuses it, a job-side process does not."""
+    """A cluster job runs Snakemake again on its node (``--mode remote``); the config check (no
+    torch since it reads torch-free declarations, but it may load plug-ins) runs only in the main
+    process, which the bad config below shows: the main process refuses it, a job-side process
+    does not."""
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
     env_args = ["-n", "--mode", "subprocess"]
     job_side = subprocess.run(

@@ -3,50 +3,39 @@
 ``build_loss(name, counts, **settings)`` builds one from the train split's per-class counts;
 ``loss_settings(name)`` gives its settings' defaults. Registered: ce, focal, ldam,
 balanced_softmax, kps, bfs. ``mixup_loss`` wraps any of them.
+
+Importing this package does not import torch: the names and declared settings of the built-in
+losses live in :mod:`ltpipe.losses.spec` (what the config check reads while Snakemake builds the
+DAG); every other name below is imported on first use (PEP 562), with every built-in loss
+registered.
 """
 
-from ltpipe.losses.base import (
-    LOSSES,
-    LTLoss,
-    build_loss,
-    loss_settings,
-    mixup_loss,
-    register_loss,
-)
-from ltpipe.losses.bfs import BFSLoss
-from ltpipe.losses.kps import KPSLoss
-from ltpipe.losses.standard import (
-    BalancedSoftmaxLoss,
-    CELoss,
-    FocalLoss,
-    LDAMLoss,
-    ReweightedLoss,
-)
-from ltpipe.losses.weights import (
-    class_balanced_weights,
-    kps_margins,
-    kps_mirrored_scales,
-    kps_scales,
-    ldam_margins,
-)
+from __future__ import annotations
 
-__all__ = [
-    "LOSSES",
-    "BFSLoss",
-    "BalancedSoftmaxLoss",
-    "CELoss",
-    "FocalLoss",
-    "KPSLoss",
-    "LDAMLoss",
-    "LTLoss",
-    "ReweightedLoss",
-    "build_loss",
-    "class_balanced_weights",
-    "kps_margins",
-    "kps_mirrored_scales",
-    "kps_scales",
-    "ldam_margins",
-    "loss_settings",
-    "mixup_loss",
-    "register_loss",
-]
+import importlib
+from typing import Any
+
+from ltpipe.losses.spec import LOSS_SPECS, default_settings, loss_names, settings_of
+
+#: name -> the module that defines it (imported, with every built-in loss, on first use)
+_LAZY = {
+    **dict.fromkeys(("LOSSES", "LTLoss", "build_loss", "loss_settings", "mixup_loss",
+                     "register_loss"), "ltpipe.losses.base"),
+    "BFSLoss": "ltpipe.losses.bfs",
+    "KPSLoss": "ltpipe.losses.kps",
+    **dict.fromkeys(("BalancedSoftmaxLoss", "CELoss", "FocalLoss", "LDAMLoss",
+                     "ReweightedLoss"), "ltpipe.losses.standard"),
+    **dict.fromkeys(("class_balanced_weights", "kps_margins", "kps_mirrored_scales",
+                     "kps_scales", "ldam_margins"), "ltpipe.losses.weights"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    base = importlib.import_module("ltpipe.losses.base")
+    base.register_builtins()
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
+__all__ = ["LOSS_SPECS", "default_settings", "loss_names", "settings_of", *_LAZY]

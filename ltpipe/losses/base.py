@@ -3,10 +3,14 @@
 A loss is built from the train split's per-class counts plus keyword settings; each class
 declares its settings in ``SETTINGS`` (``ltpipe.settings``, the one dialect of every setting),
 so configs are validated up front and bad keys fail at build time with a message naming them.
+A built-in loss's ``SETTINGS`` is its declaration in :mod:`ltpipe.losses.spec` (torch-free, read
+by the config check at DAG build); :func:`register_loss` refuses a built-in class that declares
+other settings.
 """
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -14,32 +18,22 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ltpipe.losses.spec import (
+    BASE_SETTINGS,
+    LOSS_SPECS,
+    beta,
+    epoch,
+    fraction,
+    nonnegative,
+    positive,
+    unknown_loss,
+)
 from ltpipe.losses.weights import as_counts
-from ltpipe.settings import Setting, choice, flag, is_real, number, resolve_settings
+from ltpipe.settings import Setting, choice, flag, is_real, resolve_settings
 from ltpipe.utils import LtpipeError
 
 __all__ = ["LOSSES", "LTLoss", "Setting", "beta", "build_loss", "choice", "epoch", "flag",
            "fraction", "loss_settings", "mixup_loss", "nonnegative", "positive", "register_loss"]
-
-
-def positive(default: float) -> Setting:
-    return number(default, 0, lo_open=True)
-
-
-def nonnegative(default: float) -> Setting:
-    return number(default, 0)
-
-
-def fraction(default: float) -> Setting:
-    return number(default, 0, 1)
-
-
-def beta(default: float | None, optional: bool = False) -> Setting:
-    return number(default, 0, 1, hi_open=True, optional=optional)
-
-
-def epoch(default: int | None, optional: bool = False) -> Setting:
-    return number(default, 0, integer=True, optional=optional)
 
 
 class LTLoss(nn.Module):
@@ -51,7 +45,7 @@ class LTLoss(nn.Module):
     Subclasses implement ``sample_losses`` and may override ``reduce``.
     """
 
-    SETTINGS: ClassVar[dict[str, Setting]] = {"scale": positive(1.0)}
+    SETTINGS: ClassVar[dict[str, Setting]] = BASE_SETTINGS  # ltpipe.losses.spec
     registry_name: ClassVar[str] = ""
 
     def __init__(self, counts: Any, **settings: Any) -> None:
@@ -104,6 +98,12 @@ def register_loss(name: str) -> Callable[[type[LTLoss]], type[LTLoss]]:
     """Class decorator adding a loss to ``LOSSES`` under ``name`` (warns when replacing one)."""
 
     def deco(cls: type[LTLoss]) -> type[LTLoss]:
+        spec = LOSS_SPECS.get(name)
+        if spec is not None and cls.__module__ == spec.module and dict(cls.SETTINGS) != dict(
+                spec.settings):
+            raise LtpipeError(f"built-in loss {name!r}: {cls.__qualname__}.SETTINGS differs from "
+                              "its declaration in ltpipe.losses.spec.LOSS_SPECS; declare the "
+                              "settings there and read them with settings_of")
         if name in LOSSES:
             warnings.warn(
                 f"loss {name!r} re-registered: {LOSSES[name].__qualname__} replaced by "
@@ -117,14 +117,19 @@ def register_loss(name: str) -> Callable[[type[LTLoss]], type[LTLoss]]:
     return deco
 
 
+def register_builtins() -> None:
+    """Import the module of every built-in loss (``LOSS_SPECS``), which registers its class."""
+    for module in dict.fromkeys(spec.module for spec in LOSS_SPECS.values()):
+        importlib.import_module(module)
+
+
 def _lookup(name: str) -> type[LTLoss]:
+    if name not in LOSSES:
+        register_builtins()
     try:
         return LOSSES[name]
     except KeyError:
-        raise LtpipeError(
-            f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}. "
-            "Fix the loss name in the config"
-        ) from None
+        raise unknown_loss(name, list(LOSSES)) from None
 
 
 def build_loss(name: str, counts: Any, **settings: Any) -> LTLoss:

@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 from torch import Tensor
 
-from ltpipe.losses import base
 from ltpipe.losses.base import LTLoss, Setting, register_loss
+from ltpipe.losses.spec import settings_of
 from ltpipe.losses.standard import balanced_softmax_losses, focal_term
 from ltpipe.losses.weights import class_balanced_weights
 
@@ -31,13 +31,7 @@ class BFSLoss(LTLoss):
     gives the literal raw factor. The weight decay term lambda ||W||^2 belongs to the trainer.
     """
 
-    SETTINGS: ClassVar[dict[str, Setting]] = {
-        **LTLoss.SETTINGS,
-        "alpha": base.fraction(0.1),
-        "beta": base.beta(0.9999),
-        "gamma": base.nonnegative(2.0),
-        "cb_normalize": base.flag(True),
-    }
+    SETTINGS: ClassVar[dict[str, Setting]] = settings_of("bfs")  # ltpipe.losses.spec
 
     def __init__(self, counts: Any, **settings: Any) -> None:
         super().__init__(counts, **settings)

@@ -7,9 +7,9 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 from torch import Tensor
 
-from ltpipe.losses import base
 from ltpipe.losses.base import LTLoss, Setting, register_loss
-from ltpipe.losses.weights import KPS_MIRRORS, kps_margins, kps_mirrored_scales, kps_scales
+from ltpipe.losses.spec import settings_of
+from ltpipe.losses.weights import kps_margins, kps_mirrored_scales, kps_scales
 from ltpipe.utils import LtpipeError
 
 
@@ -37,13 +37,7 @@ class KPSLoss(LTLoss):
     ``max_m``: 0.2 on CIFAR-10, 0.5 on CIFAR-100, 0.35 on ImageNet-LT (docs/methods.md#kps).
     """
 
-    SETTINGS: ClassVar[dict[str, Setting]] = {
-        "scale": base.positive(15.0),
-        "max_m": base.positive(0.5),
-        "switch_epoch": base.epoch(120),
-        "max_scale": base.positive(50.0),
-        "mirror": base.choice("closed_form", KPS_MIRRORS),
-    }
+    SETTINGS: ClassVar[dict[str, Setting]] = settings_of("kps")  # ltpipe.losses.spec
 
     def __init__(self, counts: Any, **settings: Any) -> None:
         super().__init__(counts, **settings)

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ltpipe.losses import base
 from ltpipe.losses.base import LTLoss, Setting, register_loss
+from ltpipe.losses.spec import REWEIGHTED_SETTINGS, settings_of
 from ltpipe.losses.weights import class_balanced_weights, ldam_margins
 
 
@@ -32,13 +32,7 @@ class ReweightedLoss(LTLoss):
     scales the gradient by the batch's mean weight (0.17-0.20 on CIFAR-LT at IF 100).
     """
 
-    SETTINGS: ClassVar[dict[str, Setting]] = {
-        **LTLoss.SETTINGS,
-        "cb_beta": base.beta(None, optional=True),
-        "drw_epoch": base.epoch(None, optional=True),
-        "drw_beta": base.beta(0.9999),
-        "weighted_mean": base.flag(True),
-    }
+    SETTINGS: ClassVar[dict[str, Setting]] = REWEIGHTED_SETTINGS  # ltpipe.losses.spec
 
     def __init__(self, counts: Any, **settings: Any) -> None:
         super().__init__(counts, **settings)
@@ -88,11 +82,7 @@ class FocalLoss(ReweightedLoss):
     class-balanced focal loss and the LDAM-DRW reference's ``FocalLoss`` divide by the batch size.
     """
 
-    SETTINGS: ClassVar[dict[str, Setting]] = {
-        **ReweightedLoss.SETTINGS,
-        "gamma": base.nonnegative(1.0),
-        "weighted_mean": base.flag(False),
-    }
+    SETTINGS: ClassVar[dict[str, Setting]] = settings_of("focal")  # ltpipe.losses.spec
 
     def sample_losses(self, logits: Tensor, target: Tensor, epoch: int) -> Tensor:
         log_p = F.log_softmax(self.scale * logits, dim=1).gather(1, target[:, None])[:, 0]
@@ -117,11 +107,7 @@ class LDAMLoss(ReweightedLoss):
     ``ReweightedLoss``).
     """
 
-    SETTINGS: ClassVar[dict[str, Setting]] = {
-        **ReweightedLoss.SETTINGS,
-        "scale": base.positive(30.0),
-        "max_m": base.positive(0.5),
-    }
+    SETTINGS: ClassVar[dict[str, Setting]] = settings_of("ldam")  # ltpipe.losses.spec
 
     def __init__(self, counts: Any, **settings: Any) -> None:
         super().__init__(counts, **settings)

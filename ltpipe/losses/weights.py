@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ltpipe.losses.spec import KPS_MIRRORS
 from ltpipe.utils import LtpipeError
 
 KPS_BASE = 50.0  # the constant 50 of s_j = ln(50 n_j / n_min) / ln 50
@@ -92,7 +93,6 @@ def kps_scales(counts: Any) -> torch.Tensor:
     return _f32(_kps_scales64(as_counts(counts)))
 
 
-KPS_MIRRORS = ("closed_form", "positional")
 
 
 def kps_mirrored_scales(counts: Any, mirror: str = "closed_form") -> torch.Tensor:

@@ -8,21 +8,36 @@ RegNet, DenseNet, MobileNetV2 and further ResNets under their torchvision names 
 ``model_from_spec(model.spec)`` rebuilds one; ``init_weights.load_init_weights`` starts a
 backbone from a weights file. Plug-in architectures (entry points ``ltpipe.architectures``,
 docs/extending.md) are built by name the same way.
+
+Importing this package does not import torch: ``architecture_names`` and ``check_model_kwargs``
+read the declarations of :mod:`ltpipe.models.catalog` (what the config check uses while Snakemake
+builds the DAG); every other name below is imported on first use (PEP 562), with every built-in
+backbone registered.
 """
 
-from ltpipe.models import cifar_resnet, tv_resnet, tv_zoo  # noqa: F401  (registers the backbones)
-from ltpipe.models.afa import AFAModule, lbls_loss
-from ltpipe.models.base import Backbone, LTModel
-from ltpipe.models.heads import CosineHead, LinearHead
-from ltpipe.models.registry import (
-    MODELS,
-    build_model,
-    check_model_kwargs,
-    model_from_spec,
-    model_names,
-    register_model,
-)
+from __future__ import annotations
 
-__all__ = ["MODELS", "AFAModule", "Backbone", "CosineHead", "LTModel", "LinearHead",
-           "build_model", "check_model_kwargs", "lbls_loss", "model_from_spec", "model_names",
-           "register_model", "cifar_resnet", "tv_resnet"]
+import importlib
+from typing import Any
+
+from ltpipe.models.catalog import architecture_names, check_model_kwargs
+
+#: name -> the module that defines it (imported, with every built-in backbone, on first use)
+_LAZY = {
+    **dict.fromkeys(("AFAModule", "lbls_loss"), "ltpipe.models.afa"),
+    **dict.fromkeys(("Backbone", "LTModel"), "ltpipe.models.base"),
+    **dict.fromkeys(("CosineHead", "LinearHead"), "ltpipe.models.heads"),
+    **dict.fromkeys(("MODELS", "build_model", "model_from_spec", "model_names",
+                     "register_model"), "ltpipe.models.registry"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    registry = importlib.import_module("ltpipe.models.registry")
+    registry.register_builtins()
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
+__all__ = ["architecture_names", "check_model_kwargs", *_LAZY]

@@ -3,17 +3,20 @@
 A registered constructor takes ``in_channels`` plus its own keyword settings and returns a
 ``Backbone``; ``build_model`` adds the head and, optionally, the AFA module, and records a ``spec``
 that rebuilds the same architecture (``model_from_spec(model.spec)``), e.g. from a checkpoint.
+The built-in names and their settings are declared in :mod:`ltpipe.models.catalog` (torch-free,
+what the config check reads); their modules are imported here on first use.
 """
 
 from __future__ import annotations
 
-import inspect
+import importlib
 import math
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 from ltpipe import plugins
+from ltpipe.models import catalog
 from ltpipe.models.afa import AFAModule, normalize_afa_config
 from ltpipe.models.base import LTModel
 from ltpipe.models.heads import HEAD_KINDS, make_head
@@ -27,6 +30,13 @@ def register_model(name: str) -> Callable[[Callable[..., Any]], Callable[..., An
     """Decorator registering a backbone constructor under ``name`` (warns when replacing one)."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        arch = catalog.ARCHITECTURES.get(name)
+        if arch is not None and fn.__module__ == arch.module:
+            takes = catalog.signature_kwargs(fn)
+            if takes is None or set(takes) != set(arch.kwargs):
+                raise LtpipeError(f"built-in model {name!r}: its constructor takes {takes} but "
+                                  f"ltpipe.models.catalog declares {arch.kwargs}; make them "
+                                  "agree")
         if name in MODELS and MODELS[name] is not fn:
             warnings.warn(f"model {name!r} is registered again: {fn.__module__}."
                           f"{fn.__qualname__} replaces {MODELS[name].__module__}."
@@ -37,28 +47,29 @@ def register_model(name: str) -> Callable[[Callable[..., Any]], Callable[..., An
     return deco
 
 
-def builtin_model_names() -> list[str]:
-    """The names registered in this package (``register_model``), sorted."""
-    return sorted(MODELS)
+def register_builtins() -> None:
+    """Import the module of every built-in architecture (``catalog.ARCHITECTURES``), which
+    registers its constructor."""
+    for module in dict.fromkeys(a.module for a in catalog.ARCHITECTURES.values()):
+        importlib.import_module(module)
 
 
 def model_names() -> list[str]:
-    """Registered model names and plug-in architectures (entry points
-    ``ltpipe.architectures``), sorted."""
+    """Registered model names (the built-ins and any registered in this process) and plug-in
+    architectures (entry points ``ltpipe.architectures``), sorted."""
+    register_builtins()
     return sorted(set(MODELS) | set(plugins.names("architectures")))
 
 
 def _constructor(name: str) -> Callable[..., Any]:
     """The constructor of ``name``: a registered one, else a plug-in's (imported on first use;
     a plug-in that reuses a registered name is refused by the config check)."""
+    if name not in MODELS and name in catalog.ARCHITECTURES:
+        importlib.import_module(catalog.ARCHITECTURES[name].module)
     if name in MODELS:
         return MODELS[name]
     if name in plugins.names("architectures"):
-        ctor, where = plugins.load("architectures", name)
-        if not callable(ctor):
-            raise LtpipeError(f"{where} is not callable; point the entry point at a backbone "
-                              "constructor f(in_channels, **kwargs) -> ltpipe.models.Backbone")
-        return ctor
+        return catalog.plugin_constructor(name)
     raise LtpipeError(f"unknown model {name!r}; registered: {model_names()}")
 
 
@@ -70,20 +81,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _check_kwargs(name: str, ctor: Callable[..., Any], kwargs: dict[str, Any]) -> None:
-    params = inspect.signature(ctor).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    allowed = sorted(set(params) - {"in_channels"}) + ["input_size"]
-    for key in kwargs:
-        if key not in allowed:
-            raise LtpipeError(f"model {name!r} takes no setting {key!r}: expected keyword "
-                              f"arguments among {allowed}; remove or rename it")
-
-
-def check_model_kwargs(name: str, kwargs: dict[str, Any]) -> None:
-    """Raise ``LtpipeError`` if ``kwargs`` are not settings of registered model ``name``
-    (what ``build_model`` checks, without building anything)."""
-    _check_kwargs(name, _constructor(name), kwargs)
+    catalog.check_kwargs(name, catalog.signature_kwargs(ctor), kwargs)
 
 
 def _afa_hw(input_size: Any, strides: list[int]) -> int:

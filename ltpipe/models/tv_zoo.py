@@ -40,25 +40,10 @@ import torch
 from torch import nn
 
 from ltpipe.models.base import Backbone
+from ltpipe.models.catalog import FAMILY_KWARGS, ZOO
 from ltpipe.models.registry import register_model
 from ltpipe.utils import LtpipeError
 
-#: family -> torchvision builder names registered under that family
-ZOO: dict[str, tuple[str, ...]] = {
-    "convnext": ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large"),
-    "vit": ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"),
-    "swin": ("swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b"),
-    "efficientnet": tuple(f"efficientnet_b{i}" for i in range(8))
-    + ("efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l"),
-    "regnet": tuple(f"regnet_{k}_{s}" for k, sizes in
-                    (("x", ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf")),
-                     ("y", ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf", "128gf")))
-                    for s in sizes),
-    "densenet": ("densenet121", "densenet161", "densenet169", "densenet201"),
-    "mobilenet_v2": ("mobilenet_v2",),
-    "resnet": ("resnet101", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
-               "wide_resnet101_2"),
-}
 #: families whose final map is a grid of transformer tokens (see the module docstring)
 TOKEN_FAMILIES = ("vit", "swin")
 
@@ -234,21 +219,6 @@ def _ctor(family: str, tv_name: str, in_channels: int = 3, **overrides: Any) -> 
                     file_keys_ignored=left_out)
 
 
-#: architecture_kwargs each family takes (None: torchvision's value for that name)
-_FAMILY_KWARGS: dict[str, tuple[str, ...]] = {
-    "vit": ("image_size", "patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim",
-            "dropout", "attention_dropout"),
-    "swin": ("patch_size", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio",
-             "dropout", "attention_dropout", "stochastic_depth_prob"),
-    "convnext": ("dims", "depths", "stochastic_depth_prob", "layer_scale"),
-    "efficientnet": ("stochastic_depth_prob",),
-    "regnet": (),
-    "densenet": (),
-    "mobilenet_v2": ("width_mult",),
-    "resnet": ("zero_init_residual",),
-}
-
-
 def _make_ctor(family: str, tv_name: str):
     """A registry constructor for ``tv_name`` whose signature lists the family's settings (so
     ``check_model_kwargs`` refuses a wrong key at DAG build without importing torchvision)."""
@@ -260,7 +230,7 @@ def _make_ctor(family: str, tv_name: str):
     params = [inspect.Parameter("in_channels", inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                 default=3)]
     params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None)
-               for k in _FAMILY_KWARGS[family]]
+               for k in FAMILY_KWARGS[family]]
     ctor.__signature__ = inspect.Signature(params)
     ctor.__name__ = ctor.__qualname__ = tv_name
     ctor.__doc__ = f"torchvision {tv_name} ({family} family; see ltpipe.models.tv_zoo)."

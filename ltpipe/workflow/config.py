@@ -405,8 +405,10 @@ def _check_user_data(ds: dict) -> list[str]:
 
 
 def _check_recipe(cfg: dict, rc: dict) -> list[str]:
-    from ltpipe.losses import LOSSES
-    from ltpipe.models import check_model_kwargs, model_names
+    # torch-free declarations (ltpipe.models.catalog, ltpipe.losses.spec): this runs while
+    # Snakemake builds the DAG, where importing torch would cost ~2 s and ~600 MB
+    from ltpipe.losses import default_settings, loss_names
+    from ltpipe.models import architecture_names, check_model_kwargs
     from ltpipe.train.recipe import RECIPE_DEFAULTS
 
     out = []
@@ -414,17 +416,17 @@ def _check_recipe(cfg: dict, rc: dict) -> list[str]:
     if unknown:
         out.append(f"unknown key(s) {unknown}; allowed: {sorted(RECIPE_DEFAULTS)} + "
                    f"{sorted(RECIPE_META_KEYS)}")
-    if rc["architecture"] not in model_names():
+    if rc["architecture"] not in architecture_names():
         out.append(f"architecture: {rc['architecture']!r} is not registered; choose one of "
-                   f"{sorted(model_names())}")
+                   f"{architecture_names()}")
     else:
         try:
             check_model_kwargs(rc["architecture"], rc.get("architecture_kwargs", {}))
         except LtpipeError as err:
             out.append(f"architecture_kwargs: {err}")
     loss = rc.get("loss", RECIPE_DEFAULTS.get("loss", "ce"))
-    if loss not in LOSSES:
-        out.append(f"loss: {loss!r} is not registered; choose one of {sorted(LOSSES)}")
+    if loss not in loss_names():
+        out.append(f"loss: {loss!r} is not registered; choose one of {loss_names()}")
     from ltpipe.train.recipe import RECIPE_SETTINGS
 
     for key in sorted(set(rc) & set(RECIPE_SETTINGS)):  # each value against its declaration
@@ -433,17 +435,16 @@ def _check_recipe(cfg: dict, rc: dict) -> list[str]:
             doc = f" ({setting.doc})" if setting.doc else ""
             out.append(f".{key}: {rc[key]!r} is invalid; expected {setting.expect}{doc}")
     if not out:  # the trainer's own checks across keys: loss and AFA settings
-        from ltpipe.losses import loss_settings
         from ltpipe.train.recipe import normalize_recipe
 
         try:
             normalize_recipe({k: v for k, v in rc.items() if k not in RECIPE_META_KEYS})
         except LtpipeError as err:
             out.append(str(err))
-        bad = sorted(set(rc.get("loss_settings", {})) - set(loss_settings(loss)))
+        bad = sorted(set(rc.get("loss_settings", {})) - set(default_settings(loss)))
         if bad:
             out.append(f"loss_settings: {bad} not settings of loss {loss!r}; allowed: "
-                       f"{sorted(loss_settings(loss))}")
+                       f"{sorted(default_settings(loss))}")
     for ds in rc.get("datasets", []):
         if ds not in cfg["datasets"]:
             out.append(f"datasets: {ds!r} is not a data set of this config; known: "

@@ -114,14 +114,12 @@ def summary_inputs(cfg: dict, jobs: dict | None = None) -> dict[str, list[str]]:
     reads for the intervals and paired comparisons)."""
     layout, jobs = Layout(cfg), jobs or sweep_table(cfg)
     metrics = metric_targets(cfg, jobs)
-    logits, caches = [], []
+    logits, caches = [], {}  # caches: a dict as an ordered set (a list's `in` grows with the jobs)
     for path in metrics:
         f = parse("metrics", path)
         logits.append(layout.path("logits", **f))
-        cache = classifier_inputs(cfg, SimpleNamespace(**f), jobs)["caches"][0]
-        if cache not in caches:
-            caches.append(cache)
-    return {"metrics": metrics, "logits": logits, "caches": caches}
+        caches.setdefault(classifier_inputs(cfg, SimpleNamespace(**f), jobs)["caches"][0])
+    return {"metrics": metrics, "logits": logits, "caches": list(caches)}
 
 
 def group_metrics(cfg: dict, wildcards) -> list[str]:
