@@ -442,7 +442,7 @@ def serve(path: str, kind: str) -> None:
                     sel.register(conn, selectors.EVENT_READ, ("conn", pidfd))
                     _reply(conn, {"pid": pid})
                 else:
-                    _serial_job(req, fds, conn)
+                    _serial_job(req, fds, conn, served)
                     conn.close()
                     last = time.monotonic()
             elif tag[0] == "child":
@@ -520,7 +520,7 @@ def _fork_child(req: dict, fds: list[int], listener, children) -> int | None:
         os._exit(code)
 
 
-def _serial_job(req: dict, fds: list[int], conn: socket.socket) -> None:
+def _serial_job(req: dict, fds: list[int], conn: socket.socket, served: int) -> None:
     """Run one job in this process (the serial kind), its output on the client's descriptors;
     a watcher thread ends the worker if the client goes away (that kills the job)."""
     import threading
@@ -545,6 +545,7 @@ def _serial_job(req: dict, fds: list[int], conn: socket.socket) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, daemon=True).start()
+    print(f"ltpipe worker serial pid {os.getpid()}: job {served} starts", flush=True)
     _code_version.cache_clear()  # a fresh process would look at the checkout again
     job.CPU_ORIGIN = job.cpu_seconds(0.0)
     try:
