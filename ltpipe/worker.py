@@ -29,7 +29,9 @@ seconds (default 60) without a job.
 
 Any failure to reach or start a worker runs the job in the client's own process, as without a
 worker, after one line on stderr. ``LTPIPE_WORKER=off`` turns the worker off; ``serial`` forces
-the serial kind (to test it on a CPU). ``LTPIPE_WORKER_DIR`` overrides the socket directory
+the serial kind (to test it on a CPU). Inside a Slurm job step (``SLURM_STEP_ID`` set: the
+executor runs each job of a group submission as its own ``srun`` step, and Slurm kills a step's
+processes when it ends) the worker is off. ``LTPIPE_WORKER_DIR`` overrides the socket directory
 (default ``$XDG_RUNTIME_DIR/ltpipe`` or ``/tmp/ltpipe-<uid>``, mode 0700).
 """
 
@@ -145,6 +147,8 @@ def client_main(argv: list[str]) -> int | None:
     could be used (the caller then runs the job itself)."""
     mode = os.environ.get(MODE_ENV, "on").strip().lower()
     if mode in ("off", "0", "no", "false"):
+        return None
+    if "SLURM_STEP_ID" in os.environ:  # Slurm ends, binds and accounts each step on its own
         return None
     try:
         kind = "serial" if mode == "serial" else "fork"

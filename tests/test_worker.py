@@ -221,6 +221,13 @@ def test_fallback_when_no_worker_can_start(data, tmp_path):
     assert rc == 0 and "not a private directory" in log, log
 
 
+def test_no_worker_inside_a_slurm_job_step(data, wdir, tmp_path):
+    rc, log = run(data, tmp_path / "out", "tau_norm", {}, env_of(wdir, SLURM_STEP_ID="3"))
+    assert rc == 0 and "test all" in log, log
+    assert "no warm worker" not in log  # not a failure: the direct path by design
+    assert not list(wdir.iterdir())  # no worker, no socket
+
+
 def test_the_worker_exits_when_idle(data, wdir, tmp_path):
     rc, log = run(data, tmp_path / "out", "tau_norm", {}, env_of(wdir, LTPIPE_WORKER_IDLE="1"))
     assert rc == 0, log
