@@ -18,14 +18,20 @@ beside the rule's request (``ltpipe.classifiers.memory.classify_mem_mb``, the sa
 classify rule calls), and the job's seconds split into start / read / compute.
 
 ``fanout``: a sample of the CIFAR-100-LT preset's classify jobs (``--every``) on the CIFAR-size
-cache, ``--cores`` at a time, each a
-fresh process as Snakemake starts them, once with the code of ``--before`` (a git revision of
-this repository, exported into the work directory, or the path of another checkout) and once with
-this checkout; prints wall time against the sum of the jobs'
-useful work (reading their arrays + computing, from their metrics.json) side by side.
+cache, ``--cores`` at a time, each a ``python -m ltpipe classify`` process as Snakemake starts
+them, with this checkout's code run directly (``LTPIPE_WORKER=off``: each job imports what it
+needs) and through the warm worker (``ltpipe/worker.py``: a fresh worker per round, started by the
+round's first job, idle exit after 2 s), and optionally with the code of ``--before`` (a git
+revision of this repository, exported into the work directory, or the path of another checkout;
+run directly); prints wall time and core-seconds against the sum of the jobs' useful work
+(reading their arrays + computing, from their metrics.json) side by side. Core-seconds: the
+client processes' user + system CPU (``/usr/bin/time``), plus, for the worker path, each forked
+child's own CPU (``seconds.cpu`` of its metrics.json: a forked child's counters start at zero, and
+``wait4`` never sees the worker's children) and the worker's own CPU (its imports; from its
+exit line).
 
     PYTHONPATH=. python benchmarks/stage2_scale.py memory --work /tmp/s2s
-    PYTHONPATH=. python benchmarks/stage2_scale.py fanout --work /tmp/s2s --every 4 --before HEAD~1
+    PYTHONPATH=. python benchmarks/stage2_scale.py fanout --work /tmp/s2s --every 4
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -142,17 +149,19 @@ def du_gb(path: Path) -> float:
 
 
 def classify(pythonpath: Path, split: Path, caches: list[Path], method: str, settings: dict,
-             out: Path, threads: int) -> dict:
-    """One ``python -m ltpipe classify`` process: wall, peak RSS (MB), its metrics.json."""
+             out: Path, threads: int, env: dict | None = None) -> dict:
+    """One ``python -m ltpipe classify`` process: wall, peak RSS (MB), the client process's CPU
+    seconds, its metrics.json."""
     job = json.dumps({"method": method, "settings": settings})
     # /usr/bin/time (a small fresh process) reports the job's peak RSS: ru_maxrss of a direct
     # child would include this benchmark's own RSS at fork time (Linux keeps it across exec)
     rss_file = out / "maxrss_kb"
-    cmd = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file),
+    cmd = ["/usr/bin/time", "-f", "%U %S %M", "-o", str(rss_file),
            sys.executable, "-m", "ltpipe", "classify", "--split", str(split), "--job", job,
            "--seed", "0", "--threads", str(threads), "--out-dir", str(out),
            "--caches", *map(str, caches)]
-    env = dict(os.environ, PYTHONPATH=str(pythonpath), LTPIPE_CLASSIFY_DEVICE="cpu")
+    env = {**os.environ, "PYTHONPATH": str(pythonpath), "LTPIPE_CLASSIFY_DEVICE": "cpu",
+           "LTPIPE_WORKER": "off", **(env or {})}
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(out / "log.txt", "w") as log:
@@ -163,8 +172,9 @@ def classify(pythonpath: Path, split: Path, caches: list[Path], method: str, set
     if rc != 0:
         raise RuntimeError(f"{method} failed: {(out / 'log.txt').read_text()[-2000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
-    rss_mb = int(rss_file.read_text().split()[-1]) / 1024
-    return {"wall": wall, "rss_mb": rss_mb, "seconds": metrics["seconds"],
+    user, system, rss_kb = rss_file.read_text().split()[-3:]
+    return {"wall": wall, "rss_mb": int(rss_kb) / 1024, "client_cpu": float(user) + float(system),
+            "seconds": metrics["seconds"],
             "acc": metrics["metrics"]["test"]["all"]}
 
 
@@ -220,15 +230,40 @@ def fan_jobs(every: int) -> list[tuple[str, dict]]:
     return jobs
 
 
-def run_fan(code: Path, split: Path, cache: Path, jobs: list, work: Path, cores: int) -> dict:
+def worker_exit_cpu(wdir: Path, bound_s: float = 600) -> float:
+    """The CPU seconds of the workers started in ``wdir`` (their exit lines; waits for them)."""
+    end = time.monotonic() + bound_s
+    while time.monotonic() < end:
+        logs = [p.read_text() for p in wdir.glob("*.log")]
+        done = [t for t in logs if "cpu_self" in t]
+        if logs and len(done) == len(logs):
+            return sum(float(x) for t in done for x in re.findall(r"cpu_self ([0-9.]+) s", t))
+        time.sleep(0.2)
+    raise RuntimeError(f"the workers in {wdir} did not exit: {logs}")
+
+
+def run_fan(code: Path, split: Path, cache: Path, jobs: list, work: Path, cores: int,
+            worker: bool = False) -> dict:
     shutil.rmtree(work, ignore_errors=True)
+    env = None
+    if worker:  # a fresh worker for this round: its start is part of the round
+        wdir = work / "w"
+        wdir.mkdir(parents=True, mode=0o700)
+        env = {"LTPIPE_WORKER": "on", "LTPIPE_WORKER_DIR": str(wdir), "LTPIPE_WORKER_IDLE": "2"}
     t0 = time.perf_counter()
     with ThreadPoolExecutor(cores) as pool:
         res = list(pool.map(lambda ij: classify(code, split, [cache] * (2 if ij[1][0] == "ffn"
                                                                         else 1),
-                                                ij[1][0], ij[1][1], work / str(ij[0]), 1),
+                                                ij[1][0], ij[1][1], work / str(ij[0]), 1, env),
                             enumerate(jobs)))
     wall = time.perf_counter() - t0
+    cpu = sum(r["client_cpu"] for r in res)
+    if worker:
+        fallbacks = sum("no warm worker" in (work / str(i) / "log.txt").read_text()
+                        for i in range(len(res)))
+        if fallbacks:
+            raise RuntimeError(f"{fallbacks} jobs ran without the worker; see {work}/*/log.txt")
+        cpu += sum(r["seconds"]["cpu"] for r in res) + worker_exit_cpu(wdir)
     useful = sum(r["seconds"]["load"] + r["seconds"]["fit"] for r in res)
     per = {k: float(np.mean([r["seconds"].get(k) or 0 for r in res])) for k in ("load", "fit")}
     closed = [r["wall"] - r["seconds"]["load"] - r["seconds"]["fit"]
@@ -237,7 +272,7 @@ def run_fan(code: Path, split: Path, cache: Path, jobs: list, work: Path, cores:
                                   for r in res]))
     per["start_closed"] = float(np.mean(closed)) if closed else 0.0
     return {"wall": wall, "useful": useful, "ratio": wall * cores / max(useful, 1e-9),
-            "per_job": per, "n": len(res)}
+            "per_job": per, "n": len(res), "cpu": cpu}
 
 
 def before_code(spec: str, work: Path) -> Path:
@@ -265,33 +300,36 @@ def cmd_fanout(args: argparse.Namespace) -> None:
     jobs = fan_jobs(args.every)
     print(f"{len(jobs)} jobs: " + ", ".join(f"{m} x{sum(j[0] == m for j in jobs)}"
                                            for m in sorted({j[0] for j in jobs})), flush=True)
-    totals: dict[str, list] = {"before": [], "after": []}
-    order = [("before", before_code(args.before, Path(args.work))), ("after", ROOT)]
+    order = [("direct", ROOT, False), ("worker", ROOT, True)]
+    if args.before:
+        order.insert(0, ("before", before_code(args.before, Path(args.work)), False))
+    totals: dict[str, list] = {label: [] for label, _, _ in order}
     for rnd in range(args.rounds):  # alternate the order: the machine's load drifts
-        for label, code in (order if rnd % 2 == 0 else order[::-1]):
-            r = run_fan(code, split, cache, jobs, Path(args.work) / f"fan_{label}", args.cores)
+        for label, code, worker in (order if rnd % 2 == 0 else order[::-1]):
+            r = run_fan(code, split, cache, jobs, Path(args.work) / f"fan_{label}", args.cores,
+                        worker)
             totals[label].append(r)
             p = r["per_job"]
             print(f"round {rnd} {label:6s} ({code}): {r['n']} jobs in {r['wall']:.1f} s on "
-                  f"{args.cores} cores; useful work (read + compute, summed) {r['useful']:.1f} s; "
-                  f"wall / useful {r['wall'] / r['useful']:.2f}; wall x cores / useful "
-                  f"{r['ratio']:.2f}; per job: start {p['start']:.2f} s (closed-form jobs "
-                  f"{p['start_closed']:.2f} s), read {p['load']:.2f} s, compute {p['fit']:.2f} s",
-                  flush=True)
-    # useful work: the after-code's read + compute per job, the denominator of both sides (the
-    # before-code's "load" includes `import torch`, which is start-up, not useful work)
-    useful = float(np.mean([r["useful"] for r in totals["after"]]))
-    print(f"\nuseful work of the {len(jobs)} jobs (read + compute, summed, after-code's "
-          f"metrics.json, mean of {args.rounds} rounds): {useful:.1f} s")
+                  f"{args.cores} cores; core-seconds {r['cpu']:.1f}; useful work (read + compute,"
+                  f" summed) {r['useful']:.1f} s; per job: start {p['start']:.2f} s (closed-form "
+                  f"jobs {p['start_closed']:.2f} s), read {p['load']:.2f} s, compute "
+                  f"{p['fit']:.2f} s", flush=True)
+    # useful work: read + compute per job, the denominator of every row: the smaller of the
+    # direct and worker paths' means (a fresh process times some lazy imports inside its read)
+    useful = min(float(np.mean([r["useful"] for r in totals[k]])) for k in ("direct", "worker"))
+    print(f"\nuseful work of the {len(jobs)} jobs (read + compute, summed; the smaller of the "
+          f"direct and worker paths' means over {args.rounds} rounds): {useful:.1f} s")
     print("| code | wall (s), mean of rounds | wall / useful | wall x cores / useful | "
-          "start per job (s) | closed-form start (s) |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "core-seconds | core-seconds / useful | start per job (s) | closed-form start (s) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for label, rs in totals.items():
         wall = float(np.mean([r["wall"] for r in rs]))
+        cpu = float(np.mean([r["cpu"] for r in rs]))
         st = np.mean([r["per_job"]["start"] for r in rs])
         sc = np.mean([r["per_job"]["start_closed"] for r in rs])
         print(f"| {label} | {wall:.1f} | {wall / useful:.2f} | {wall * args.cores / useful:.2f} |"
-              f" {st:.2f} | {sc:.2f} |")
+              f" {cpu:.1f} | {cpu / useful:.2f} | {st:.2f} | {sc:.2f} |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -311,9 +349,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.choices["fanout"].add_argument("--cores", type=int, default=2)
     sub.choices["fanout"].add_argument("--rounds", type=int, default=2)
     sub.choices["fanout"].add_argument(
-        "--before", required=True,
-        help="the code to compare with: a git revision of this repository (e.g. HEAD~1) or the "
-             "path of another checkout")
+        "--before", default=None,
+        help="also the code to compare with, run directly: a git revision of this repository "
+             "(e.g. HEAD~1) or the path of another checkout")
     args = ap.parse_args(argv)
     args.work = str(Path(args.work).resolve())
     try:

@@ -19,6 +19,17 @@ from ltpipe.provenance import code_version, host_info, library_versions
 from ltpipe.utils import LtpipeError, atomic_path, sha256_file, write_json
 
 EVAL_PARTS = ("val", "test")  # scored parts; other keys a method returns (head_weight) are kept
+#: this process's CPU seconds before its current job (0 for a fresh process or a worker's forked
+#: child; a serial worker sets it before each job: :mod:`ltpipe.worker`)
+CPU_ORIGIN = 0.0
+
+
+def cpu_seconds(origin: float | None = None) -> float:
+    """User + system CPU seconds of this process since ``origin`` (default ``CPU_ORIGIN``)."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime - (CPU_ORIGIN if origin is None else origin)
 
 
 def process_age() -> float | None:
@@ -89,7 +100,9 @@ def run_classifier_job(*, split_path: str, cache_paths: list[str], method: str, 
 
     ``metrics.json``'s ``seconds``: ``start`` (process start to the end of this function's imports:
     interpreter, torch, ltpipe; None where the process start is unknown), ``load`` (opening the
-    caches and reading the arrays), ``fit`` (the method), ``write`` (scoring and writing).
+    caches and reading the arrays), ``fit`` (the method), ``write`` (scoring and writing), ``cpu``
+    (this process's user + system CPU seconds for the job, start-up included, just before the
+    write of ``metrics.json``: :func:`cpu_seconds`).
     """
     from ltpipe.classifiers import method_needs, method_spec, method_uses_torch, run_method
     from ltpipe.classifiers.inputs import features_from_cache
@@ -163,6 +176,7 @@ def run_classifier_job(*, split_path: str, cache_paths: list[str], method: str, 
         "seconds": {"start": started, "load": t_load - t0, "fit": t_fit - t_load},
     }
     result["seconds"]["write"] = time.perf_counter() - t_fit
+    result["seconds"]["cpu"] = cpu_seconds()
     write_json(out / "metrics.json", result)
     test = metrics.get("test", {})
     print(f"classify {method} {settings}: test all {test.get('all'):.2f} many {test.get('many')} "
