@@ -312,3 +312,28 @@ def test_several_runs_verdict_follows_the_interval_not_the_count():
     assert (res.better_images, res.worse_images) == (30, 15)
     assert res.p < 0.05 and res.diff == pytest.approx(-100 * 5 / 60)
     assert res.lo < 0 < res.hi and res.verdict == "no detectable difference"
+
+
+def test_bootstrap_by_kind_counts_matches_resampling_images():
+    """The two-level bootstrap draws, per replicate, how many resampled images fall on each kind
+    of image (ltpipe.report.stats._replicates); written out here the plain way (resample runs,
+    then n images with replacement shared by the runs of a test set), both give the same
+    distribution: equal means and quantiles within Monte Carlo error."""
+    from ltpipe.report.stats import _replicates
+
+    rng = np.random.default_rng(0)
+    n = 200
+    runs = [[rng.random(n) < 0.7, rng.random(n) < 0.6] for _ in range(3)]
+    runs = [[a.astype(float), b.astype(float)] for a, b in runs]
+    sets = ["s", "s", "s"]
+    reps = 20000
+    fast = _replicates(runs, sets, reps, seed=1)
+    plain = np.empty(reps)
+    for b in range(reps):
+        picks = rng.integers(0, 3, 3)
+        idx = rng.integers(0, n, n)
+        plain[b] = np.mean([runs[i][0][idx].mean() - runs[i][1][idx].mean() for i in picks])
+    assert abs(fast.mean() - plain.mean()) < 0.002
+    assert abs(fast.std() - plain.std()) < 0.002
+    for q in (0.025, 0.5, 0.975):
+        assert abs(np.quantile(fast, q) - np.quantile(plain, q)) < 0.006

@@ -122,25 +122,28 @@ def _replicates(runs: list[list[np.ndarray]], test_sets: list[object], reps: int
     ``runs[i]`` is ``[x]`` (the run's value: the mean of per-image ``x``) or ``[x, y]`` (the
     paired difference mean(x) - mean(y) over the same images). Each replicate resamples the runs
     with replacement (not with one run) and draws one image resample per test set, which every
-    run with that ``test_sets[i]`` uses."""
+    run with that ``test_sets[i]`` uses.
+
+    An image resample enters a run's value only through how many draws land on images of each
+    kind, a kind being the tuple of the values the runs of that test set take on the image (at
+    most 3^k kinds for k paired runs of 0/1 correctness). So each replicate draws those counts
+    from the multinomial distribution over the kinds, with the kinds' frequencies: the same
+    distribution as drawing n images with replacement, in O(kinds) instead of O(n) per
+    replicate (a report of 576 jobs took 6 minutes the other way)."""
     rng = np.random.default_rng(seed)
-    sizes = {ts: len(arrays[0]) for arrays, ts in zip(runs, test_sets)}
-    out = np.empty(reps)
     n_runs = len(runs)
-    names = list(sizes)
-    for b in range(reps):
-        picks = rng.integers(0, n_runs, n_runs) if n_runs > 1 else np.zeros(1, dtype=int)
-        draws = {ts: rng.integers(0, sizes[ts], sizes[ts]) for ts in names}
-        vals = []
-        for i in picks:
-            idx = draws[test_sets[i]]
-            arrays = runs[i]
-            v = arrays[0][idx].mean()
-            if len(arrays) > 1:
-                v -= arrays[1][idx].mean()
-            vals.append(v)
-        out[b] = np.mean(vals)
-    return out
+    picks = (rng.integers(0, n_runs, (reps, n_runs)) if n_runs > 1
+             else np.zeros((reps, 1), dtype=np.int64))
+    values = np.empty((reps, n_runs))
+    for ts in dict.fromkeys(test_sets):
+        members = [i for i, t in enumerate(test_sets) if t == ts]
+        per_image = np.stack([np.asarray(runs[i][0], float) - np.asarray(runs[i][1], float)
+                              if len(runs[i]) > 1 else np.asarray(runs[i][0], float)
+                              for i in members], axis=1)  # [n images, runs of this test set]
+        kinds, freq = np.unique(per_image, axis=0, return_counts=True)
+        counts = rng.multinomial(len(per_image), freq / freq.sum(), size=reps)  # [reps, kinds]
+        values[:, members] = counts @ kinds / len(per_image)
+    return np.take_along_axis(values, picks, axis=1).mean(axis=1)
 
 
 def hierarchical_interval(runs: list[Run], reps: int = BOOTSTRAP,
