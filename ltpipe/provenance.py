@@ -147,7 +147,7 @@ def cpu_model() -> dict[str, str]:
     return out
 
 
-def host_info(device: object = None) -> dict[str, object]:
+def host_info(device: object = None, used_torch: bool | None = None) -> dict[str, object]:
     """The machine that computed an artifact: what makes float results differ between machines.
 
     Always: ``machine`` (architecture), ``cpu`` (:func:`cpu_model`), ``cpus``, ``os``, and
@@ -156,7 +156,9 @@ def host_info(device: object = None) -> dict[str, object]:
     processor kind, or ``ATEN_CPU_CAPABILITY``, gives other bits), ``torch_threads``,
     ``deterministic`` (``torch.are_deterministic_algorithms_enabled()``), and when ``device`` is
     a CUDA device, ``gpu``: model, compute capability, driver, CUDA and cuDNN versions, and
-    cuDNN's determinism and benchmark flags.
+    cuDNN's determinism and benchmark flags. ``used_torch=False`` leaves the torch fields out
+    although torch is loaded (a numpy-only job in a worker that imported torch for others: its
+    record must not depend on how it was started).
     """
     import sys
 
@@ -165,7 +167,7 @@ def host_info(device: object = None) -> dict[str, object]:
         "os": platform.platform(terse=True),
         "env": {k: os.environ[k] for k in HOST_ENV if k in os.environ},
     }
-    torch = sys.modules.get("torch")
+    torch = sys.modules.get("torch") if used_torch is not False else None
     if torch is None:
         return info
     info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()

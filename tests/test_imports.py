@@ -22,7 +22,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the top layer: the command line and the login node's workflow code
-TOP = ("ltpipe.cli", "ltpipe.__main__", "ltpipe.report.cli", "ltpipe.workflow")
+# the command line (ltpipe.worker runs its classify command in a warm process) and the workflow
+TOP = ("ltpipe.cli", "ltpipe.__main__", "ltpipe.worker", "ltpipe.report.cli", "ltpipe.workflow")
 
 
 def _module_name(path: Path) -> str:

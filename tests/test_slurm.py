@@ -51,7 +51,14 @@ def shrink_config(dst: Path) -> Path:
     name, recipe = next(iter(cfg["backbones"].items()))
     cfg["backbones"] = {name: {**recipe, "epochs": 2, "seeds": recipe.get("seeds", [0])[:1],
                                "checkpoint_every": 2}}
-    cfg["classifiers"] = {k: v for k, v in cfg["classifiers"].items() if v["backbones"] == [name]}
+    kept = {k: v for k, v in cfg["classifiers"].items() if v.get("backbones") == [name]}
+    while True:  # and the composed entries (reads: ...) whose inputs are all kept
+        more = {k: v for k, v in cfg["classifiers"].items() if k not in kept and "reads" in v
+                and set([v["reads"]] if isinstance(v["reads"], str) else v["reads"]) <= set(kept)}
+        if not more:
+            break
+        kept.update(more)
+    cfg["classifiers"] = kept
     path = dst / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

@@ -148,6 +148,9 @@ def test_worker_results_equal_the_direct_paths(data, wdir, tmp_path, method, set
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
         assert metrics["metrics"] == ref_metrics["metrics"], name
         assert metrics["provenance"]["code"] == ref_metrics["provenance"]["code"]
+        # the machine record does not depend on the path either (a numpy method's job in a
+        # worker that imported torch records no torch fields, as the direct job)
+        assert metrics["provenance"]["host"] == ref_metrics["provenance"]["host"], name
         assert metrics["seconds"]["cpu"] > 0
 
 
