@@ -78,7 +78,13 @@ def swept_entries(cfg: dict, dataset: str) -> list[str]:
 
 
 def entry_points(cfg: dict, clf: str) -> list[str]:
-    """The sweep points of a classifier entry (a composed entry's include its inputs' points)."""
+    """The sweep points of a classifier entry (a composed entry's include its inputs' points:
+    the whole table is built only for one; called per plot job while the DAG is built)."""
+    from ltpipe.workflow.compose import upstream_of
+
+    ccfg = cfg["classifiers"][clf]
+    if not upstream_of(ccfg):
+        return [p for p, _ in sweep_points(ccfg.get("settings", {}))]
     return [p for c, p in sweep_table(cfg) if c == clf]
 
 
