@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import math
@@ -11,7 +12,7 @@ import random
 import re
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,18 @@ def cosine_decay(progress: float, start: float, end: float = 0.0) -> float:
     """Half-cosine from ``start`` (progress 0) to ``end`` (progress 1): the lr schedule of both
     stages (stage one per fractional epoch after warm-up, the classifier stage per step)."""
     return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * progress))
+
+
+def lazy_getattr(package: str, names: dict[str, str], prepare: str) -> Callable[[str], Any]:
+    """A package's module ``__getattr__`` (PEP 562) that imports each of ``names`` (attribute ->
+    the module defining it) on first use, after calling ``prepare`` ("module:function", e.g. the
+    registration of the built-ins): the package itself imports nothing heavy."""
+    def __getattr__(name: str) -> Any:
+        if name not in names:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        module, function = prepare.split(":")
+        getattr(importlib.import_module(module), function)()
+        return getattr(importlib.import_module(names[name]), name)
+
+    return __getattr__
+

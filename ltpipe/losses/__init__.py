@@ -12,10 +12,8 @@ registered.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from ltpipe.losses.spec import LOSS_SPECS, default_settings, loss_names, settings_of
+from ltpipe.utils import lazy_getattr
 
 #: name -> the module that defines it (imported, with every built-in loss, on first use)
 _LAZY = {
@@ -30,12 +28,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    base = importlib.import_module("ltpipe.losses.base")
-    base.register_builtins()
-    return getattr(importlib.import_module(_LAZY[name]), name)
-
+__getattr__ = lazy_getattr(__name__, _LAZY, "ltpipe.losses.base:register_builtins")
 
 __all__ = ["LOSS_SPECS", "default_settings", "loss_names", "settings_of", *_LAZY]

@@ -17,10 +17,8 @@ backbone registered.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from ltpipe.models.catalog import architecture_names, check_model_kwargs
+from ltpipe.utils import lazy_getattr
 
 #: name -> the module that defines it (imported, with every built-in backbone, on first use)
 _LAZY = {
@@ -32,12 +30,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    registry = importlib.import_module("ltpipe.models.registry")
-    registry.register_builtins()
-    return getattr(importlib.import_module(_LAZY[name]), name)
-
+__getattr__ = lazy_getattr(__name__, _LAZY, "ltpipe.models.registry:register_builtins")
 
 __all__ = ["architecture_names", "check_model_kwargs", *_LAZY]

@@ -43,6 +43,8 @@ COLUMNS = ["dataset", "imbalance_factor", "split_seed", "seed", "backbone", "cla
            *(f"n_{m}" for m in METRICS), "val_all", "chosen_on_val", "code", "host",
            "train_host", "predictions"]
 GROUP_KEYS = ("dataset", "imbalance_factor", "backbone", "classifier", "method", "point")
+#: a method's rows across runs (its validation-chosen points: :func:`_method_groups`)
+METHOD_KEYS = GROUP_KEYS[:-1]
 
 
 def rows_from_metrics(paths: list[str | Path]) -> list[dict]:
@@ -260,25 +262,36 @@ def method_section(rows: list[dict]) -> str:
     picked = method_rows(rows)
     if not picked:
         return ""
-    keys = ("dataset", "imbalance_factor", "backbone", "classifier", "method")
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in picked:
-        groups[tuple(r[k] for k in keys)].append(r)
     head = ["dataset", "IF", "backbone", "classifier", "chosen points", "runs", *METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, members in groups.items():
-        points = defaultdict(int)
-        for m in members:
-            points[m["point"]] += 1
-        chosen = ", ".join(f"{p} x{n}" if n > 1 else p for p, n in sorted(points.items()))
-        stats = [_fmt(_mean_std([float(m[k]) for m in members if m[k] is not None])
-                      if any(m[k] is not None for m in members) else (None, None))
-                 for k in METRICS]
-        cells = [key[0], str(key[1]), key[2], key[3], chosen, str(len(members)), *stats]
+    for key, members in _method_groups(picked).items():
+        cells = [key[0], str(key[1]), key[2], key[3], *_chosen_cells(members)]
         lines.append("| " + " | ".join(cells) + " |")
     return ("\n## Methods, sweeps chosen on validation\n\nOne row per method: in each run "
             "(split and training seed) the sweep point with the best validation accuracy, then "
             "the test accuracy's mean ± sample std over the runs.\n\n" + "\n".join(lines) + "\n")
+
+
+def _method_groups(picked: list[dict]) -> dict[tuple, list[dict]]:
+    """Validation-chosen rows (:func:`method_rows`) grouped by data set, IF, backbone,
+    classifier and method: one group per method, its runs as members."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in picked:
+        groups[tuple(r[k] for k in METHOD_KEYS)].append(r)
+    return groups
+
+
+def _chosen_cells(members: list[dict]) -> list[str]:
+    """A method group's cells: the points chosen (with counts), the runs, and mean ± std of each
+    accuracy over the runs."""
+    points: dict[str, int] = defaultdict(int)
+    for m in members:
+        points[m["point"]] += 1
+    chosen = ", ".join(f"{p} x{n}" if n > 1 else p for p, n in sorted(points.items()))
+    accs = [_fmt(_mean_std([float(m[k]) for m in members if m[k] is not None])
+                 if any(m[k] is not None for m in members) else (None, None))
+            for k in METRICS]
+    return [chosen, str(len(members)), *accs]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -492,28 +505,17 @@ def composition_section(rows: list[dict], chosen_paired: list[dict]) -> str:
     picked = [r for r in method_rows(rows) if is_composed(r)]
     if not picked:
         return ""
-    keys = ("dataset", "imbalance_factor", "backbone", "classifier", "method")
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in picked:
-        groups[tuple(r[k] for k in keys)].append(r)
     verdicts = {(r["classifier"], r["baseline_classifier"]): r for r in chosen_paired
                 if r.get("group") == "all"}
     baselines = list(dict.fromkeys(b for _, b in verdicts))
     head = ["dataset", "IF", "classifier", "chain", "chosen points", "runs", *METRICS,
             *(f"all vs {b}" for b in baselines)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, members in groups.items():
-        points = defaultdict(int)
-        for m in members:
-            points[m["point"]] += 1
-        chosen = ", ".join(f"{p} x{n}" if n > 1 else p for p, n in sorted(points.items()))
-        accs = [_fmt(_mean_std([float(m[k]) for m in members if m[k] is not None])
-                     if any(m[k] is not None for m in members) else (None, None))
-                for k in METRICS]
+    for key, members in _method_groups(picked).items():
         vs = [_verdict_cell(verdicts[key[3], b]) if (key[3], b) in verdicts else "-"
               for b in baselines]
-        lines.append("| " + " | ".join([key[0], str(key[1]), key[3], key[4], chosen,
-                                        str(len(members)), *accs, *vs]) + " |")
+        lines.append("| " + " | ".join([key[0], str(key[1]), key[3], key[4],
+                                        *_chosen_cells(members), *vs]) + " |")
     return ("\n## Compositions, chosen on validation\n\nEach composed entry (a method on another "
             "entry's saved head or fused features, docs/composition.md): in each run the "
             "combination of its own and its input's points with the best validation accuracy, "
@@ -560,11 +562,7 @@ def method_paired_rows(rows: list[dict]) -> list[dict]:
     validation) against every cRT entry (method ``crt``, its default point) of the same data set
     and imbalance factor, paired by split and training seed over the same test images: the
     study's question "does it beat cRT?" (empty without validation-chosen rows)."""
-    picked = method_rows(rows)
-    keys = ("dataset", "imbalance_factor", "backbone", "classifier", "method")
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in picked:
-        groups[tuple(r[k] for k in keys)].append(r)
+    groups = _method_groups(method_rows(rows))
     crts: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         if r["method"] == "crt" and r["point"] == "default":
@@ -574,7 +572,7 @@ def method_paired_rows(rows: list[dict]) -> list[dict]:
         for (dataset, imb, bclassifier, bbackbone), bmembers in crts.items():
             if (dataset, imb) != key[:2] or key[3] == bclassifier:
                 continue
-            row = {**dict(zip(keys, key)), "point": CHOSEN, "baseline": "crt",
+            row = {**dict(zip(METHOD_KEYS, key)), "point": CHOSEN, "baseline": "crt",
                    "baseline_classifier": bclassifier, "baseline_point": "default",
                    "note": f"cRT on {bbackbone}"}
             out.extend(_paired_groups(row, members, bmembers))
