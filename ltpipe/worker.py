@@ -297,8 +297,6 @@ def _connect_or_start(sdir: str, name: str, kind: str) -> socket.socket:
 
 def _preload() -> None:
     """Import what the jobs import (no torch operation: the fork children must be safe)."""
-    import importlib
-
     import h5py  # noqa: F401
     import numpy  # noqa: F401
     import torch  # noqa: F401
@@ -306,14 +304,19 @@ def _preload() -> None:
 
     import ltpipe.classifiers.job  # noqa: F401
     import ltpipe.cli  # noqa: F401
-    from ltpipe.classifiers import METHODS, method_names
+    from ltpipe.classifiers import get_method, method_names
     from ltpipe.classifiers.inputs import features_from_cache  # noqa: F401
     from ltpipe.data import read_split  # noqa: F401
     from ltpipe.evaluate import accuracy_report  # noqa: F401
     from ltpipe.train.device import lease_device  # noqa: F401
 
-    for name in method_names():
-        importlib.import_module(METHODS[name])
+    from ltpipe.utils import LtpipeError
+
+    for name in method_names():  # the built-ins and the installed plug-ins, as a job looks them up
+        try:
+            get_method(name)
+        except LtpipeError:  # a broken plug-in: the job that names it reports it, as directly
+            pass
 
 
 def _needs_serial(argv: list[str]) -> bool:

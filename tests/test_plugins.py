@@ -225,3 +225,18 @@ def test_example_plugin_end_to_end(tmp_path):
     edited = json.loads(json.dumps(EXAMPLE_CONFIG))
     edited["classifiers"]["bsr"]["settings"]["prior_power"] = [0.0, 1.0, 0.5]
     assert job_counts(snakemake(edited, "-n")) == {"classify": 1, "summary": 1}
+
+
+def test_the_warm_worker_preloads_plugin_methods_and_survives_a_broken_one(site):
+    """The classify worker imports every method a job may name, plug-ins included (looked up as
+    a job does); a plug-in that fails to load is left to the job that names it."""
+    fake_dist(site, "goodplug", {"ltpipe.methods": {"goodm": "goodplug_mod"}},
+              {"goodplug_mod": GOOD})
+    fake_dist(site, "brokenplug", {"ltpipe.methods": {"broken": "brokenplug_missing"}})
+    code = ("import sys; from ltpipe.worker import _preload; _preload(); "
+            "print('goodplug_mod' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                              [str(site), str(ROOT)])))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "True"
