@@ -82,12 +82,6 @@ def method_needs(name: str) -> set[str]:
     return set(method_spec(name).needs)
 
 
-def method_num_backbones(name: str) -> int | None:
-    """How many inputs (``Features``) the method takes: 2 for FFN, None for 2 or more (an
-    ensemble), else 1."""
-    return method_spec(name).num_backbones
-
-
 def merge_settings(name: str, settings: dict | None) -> dict[str, Any]:
     """``settings`` over the method's defaults; an unknown key or a value its declaration
     refuses is an ``LtpipeError`` (the same check runs at DAG build, ``ltpipe.workflow.config``)."""

@@ -71,19 +71,20 @@ def upstream_features(upstream: list[dict], readers: list, need: set[str]) -> li
     {"classifier", "point", "logits": that job's logits.npz, "cache": the index in ``readers``
     of its first backbone's cache}), from its saved head (:mod:`ltpipe.classifiers.outputs`)."""
     from ltpipe.classifiers.inputs import features_from_cache
-    from ltpipe.classifiers.outputs import features_from_job
+    from ltpipe.classifiers.outputs import COMPOSABLE_NEEDS, carries_features, features_from_job
 
-    wrong = sorted(need - {"pooled", "logits"})
+    wrong = sorted(need - COMPOSABLE_NEEDS)
     if wrong:
         raise LtpipeError(f"a composed job reads a saved head and its features; this method "
                           f"also needs {wrong}, which only a backbone cache holds")
-    base: dict[int, object] = {}
+    base: dict[tuple, object] = {}  # inputs on one cache read it once
     out = []
     for u in upstream:
-        i = int(u.get("cache", 0))
-        if i not in base:
-            base[i] = features_from_cache(readers[i], {"pooled"})
-        out.append(features_from_job(u["logits"], base[i],
+        # the labels, and the pooled features only where the input job carried none of its own
+        key = (int(u.get("cache", 0)), not carries_features(u["logits"]))
+        if key not in base:
+            base[key] = features_from_cache(readers[key[0]], {"pooled"} if key[1] else set())
+        out.append(features_from_job(u["logits"], base[key],
                                      f"job {u.get('classifier')}[{u.get('point')}]"))
     return out
 

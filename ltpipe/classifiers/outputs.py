@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ltpipe.classifiers.inputs import SPLITS, Features
+from ltpipe.classifiers.tau_norm import l2_normalize
 from ltpipe.utils import LtpipeError
 
 #: the logits.npz keys of a saved head and of carried features
@@ -29,10 +30,8 @@ KEYS = {"weight": "head.weight", "bias": "head.bias", "scale": "head.scale",
         "normalize": "head.normalize"}
 FEATURE_KEY = "features.{split}"
 CHUNK = 8192  # rows scored at a time
-
-
-def _l2(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))
+#: the arrays a job composed on another one can read (no feature maps or CAMs: jobs save none)
+COMPOSABLE_NEEDS = frozenset({"pooled", "logits"})
 
 
 @dataclass
@@ -66,12 +65,12 @@ class Head:
         if x.ndim != 2 or x.shape[1] != self.weight.shape[1]:
             raise LtpipeError(f"the head reads {self.weight.shape[1]}-dim features, got "
                               f"{x.shape}: a head on features of another width")
-        w = _l2(self.weight) if self.normalize_weight else self.weight
+        w = l2_normalize(self.weight) if self.normalize_weight else self.weight
         wt = np.ascontiguousarray(w.T)
         out = []
         for i in range(0, len(x), CHUNK):
             f = x[i:i + CHUNK]
-            z = (_l2(f) if self.normalize_input else f) @ wt
+            z = (l2_normalize(f) if self.normalize_input else f) @ wt
             if self.bias is not None:
                 z = z + self.bias
             out.append(np.float32(self.scale) * z)
@@ -94,13 +93,6 @@ class Head:
                    bias=z[KEYS["bias"]] if KEYS["bias"] in z.files else None,
                    scale=float(z[KEYS["scale"]]), normalize_input=bool(norm[0]),
                    normalize_weight=bool(norm[1]))
-
-    @classmethod
-    def of_features(cls, feat: Features) -> Head:
-        """The head a ``Features`` carries (a stage-one head, or a saved head read back)."""
-        cosine = feat.head_kind == "cosine"
-        return cls(feat.head_weight, None if cosine else feat.head_bias, feat.logit_scale,
-                   normalize_input=cosine, normalize_weight=cosine)
 
 
 def check_head(method: str, head: Any, scores: dict, features: dict[str, np.ndarray]) -> None:
@@ -154,6 +146,13 @@ def output_arrays(method: str, spec: Any, scores: dict, inputs: list[Features]) 
     return out
 
 
+def carries_features(logits_path: str) -> bool:
+    """Whether a job's logits.npz carries the features its head reads (else they are its first
+    cache's pooled arrays)."""
+    with np.load(logits_path) as z:
+        return FEATURE_KEY.format(split="train") in z.files
+
+
 def features_from_job(logits_path: str, cache: Features, label: str) -> Features:
     """The ``Features`` a job composed on the job of ``logits_path`` receives: that job's head,
     the features it reads (carried in its logits.npz, else the pooled arrays of ``cache``, its
@@ -167,27 +166,27 @@ def features_from_job(logits_path: str, cache: Features, label: str) -> Features
         head = Head.from_arrays(z)
         carried = {s: z[FEATURE_KEY.format(split=s)] for s in SPLITS
                    if FEATURE_KEY.format(split=s) in z.files}
+    # a Features holds a linear or a cosine head: the other two forms fold into the features
+    # (normalized input, linear head) or into the weight (unit rows, linear head)
+    cosine = head.normalize_input and head.normalize_weight
+    fold_input = head.normalize_input and not cosine
     splits = {}
     for s in SPLITS:
         base = getattr(cache, s)
         if base is None:
             splits[s] = None
             continue
-        x = carried.get(s, base.get("pooled") if s not in carried else None)
+        x = carried[s] if s in carried else base.get("pooled")
         if x is None:
             raise LtpipeError(f"{label}: no features for split {s!r}")
         x = np.asarray(x, dtype=np.float32)
         if len(x) != len(base["labels"]):
             raise LtpipeError(f"{label}: its {s} features have {len(x)} rows, the cache "
                               f"{len(base['labels'])}: it was made on another split")
-        splits[s] = {"labels": base["labels"], "logits": head.scores(x)}
-        # a Features holds a linear or a cosine head: the other two forms fold into the features
-        # (normalized input, linear head) or into the weight (unit rows, linear head)
-        cosine = head.normalize_input and head.normalize_weight
-        splits[s]["pooled"] = _l2(x) if head.normalize_input and not cosine else x
-    cosine = head.normalize_input and head.normalize_weight
-    weight = _l2(head.weight) if head.normalize_weight and not cosine else head.weight
+        splits[s] = {"labels": base["labels"], "logits": head.scores(x),
+                     "pooled": l2_normalize(x) if fold_input else x}
+    weight = l2_normalize(head.weight) if head.normalize_weight and not cosine else head.weight
     return Features(train=splits["train"], test=splits["test"], val=splits["val"],
-                    head_weight=weight, head_bias=head.bias, head_kind="cosine" if cosine
-                    else "linear", logit_scale=head.scale, class_counts=cache.class_counts,
-                    from_cache=not carried and not (head.normalize_input and not cosine))
+                    head_weight=weight, head_bias=head.bias,
+                    head_kind="cosine" if cosine else "linear", logit_scale=head.scale,
+                    class_counts=cache.class_counts, from_cache=not carried and not fold_input)

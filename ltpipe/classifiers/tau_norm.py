@@ -18,7 +18,6 @@ SETTINGS = {
     "tau": number(1.0, 0, doc="exponent of the row norm; 0 = no rescaling, 1 = unit-norm rows"),
 }
 SPEC = MethodSpec(needs={"pooled"}, torch=False, settings=SETTINGS, head=True)  # numpy only
-CHUNK = 8192  # rows scored at a time
 
 
 def tau_normalize(weight: np.ndarray, tau: float) -> np.ndarray:
@@ -35,22 +34,14 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 def run(inputs: list, settings: dict, seed: int, device) -> dict[str, np.ndarray]:
-    """tau-normalized scores of each evaluated split, and the head (seed and device are unused)."""
+    """tau-normalized scores of each evaluated split, and the head (seed and device are unused):
+    scale x (f W_tau^T), f L2-normalized first for a cosine head."""
     from ltpipe.classifiers.outputs import Head
 
     (feat,) = inputs
-    w_tau = tau_normalize(feat.head_weight, float(settings["tau"]))
-    wt = np.ascontiguousarray(w_tau.T)
-    scale = np.float32(feat.logit_scale)
-    out = {}
-    for split in feat.eval_splits():
-        x = np.asarray(feat.require(split, "pooled", "tau_norm"), dtype=np.float32)
-        parts = []
-        for i in range(0, len(x), CHUNK):
-            f = x[i:i + CHUNK]
-            if feat.head_kind == "cosine":
-                f = l2_normalize(f)
-            parts.append(scale * (f @ wt))
-        out[split] = np.concatenate(parts).astype(np.float32, copy=False)
-    out["head"] = Head(w_tau, None, feat.logit_scale, normalize_input=feat.head_kind == "cosine")
+    head = Head(tau_normalize(feat.head_weight, float(settings["tau"])), None, feat.logit_scale,
+                normalize_input=feat.head_kind == "cosine")
+    out = {split: head.scores(feat.require(split, "pooled", "tau_norm"))
+           for split in feat.eval_splits()}
+    out["head"] = head
     return out

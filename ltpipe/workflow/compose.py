@@ -18,8 +18,6 @@ from ltpipe.utils import LtpipeError
 
 #: separates a composed point's own part from its inputs' points (``tau=0.5_on_lam=0.1``)
 ON_SEP = "_on_"
-#: the arrays a job composed on another one can read (no feature maps or CAMs: jobs save none)
-COMPOSABLE_NEEDS = frozenset({"pooled", "logits"})
 
 
 KEY = "reads"
@@ -90,7 +88,7 @@ def expand_compositions(cfg: dict) -> None:
     of a derived value, which YAML never gives) in place, after checking the names
     (:func:`composition_order`). An entry that gives both ``reads`` and its own ``backbones``
     list is refused. Idempotent, and a second call follows a changed input."""
-    composition_order(cfg)
+    order = composition_order(cfg)
     for name, cc in cfg["classifiers"].items():
         if not upstream_of(cc):
             continue
@@ -99,7 +97,7 @@ def expand_compositions(cfg: dict) -> None:
                               f"{cc['backbones']}; a composed entry reads its inputs' backbones:"
                               " remove backbones:")
         cc.pop("backbones", None)
-    for name in composition_order(cfg):
+    for name in order:
         cc = cfg["classifiers"][name]
         if upstream_of(cc):
             cc["backbones"] = tuple(chain_backbones(cfg, name))
@@ -137,6 +135,7 @@ def composition_problems(cfg: dict, name: str) -> list[str]:
     saves no head, a method that needs arrays only a cache holds, the wrong number of inputs,
     inputs whose features differ in width for a method that combines features."""
     from ltpipe.classifiers import method_names, method_spec
+    from ltpipe.classifiers.outputs import COMPOSABLE_NEEDS
 
     cc = cfg["classifiers"][name]
     ups = upstream_of(cc)
