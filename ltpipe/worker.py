@@ -309,7 +309,6 @@ def _preload() -> None:
     from ltpipe.data import read_split  # noqa: F401
     from ltpipe.evaluate import accuracy_report  # noqa: F401
     from ltpipe.train.device import lease_device  # noqa: F401
-
     from ltpipe.utils import LtpipeError
 
     for name in method_names():  # the built-ins and the installed plug-ins, as a job looks them up
